@@ -1,0 +1,170 @@
+/* cmd.h - the engine's input (decoded commands) and output (the outbox of messages to
+ * send after the turn commits). wire.c turns protobuf into struct cmd and struct out_msg
+ * into protobuf; engine.c reads commands and fills the outbox. No I/O here. */
+#ifndef CORRAL_CMD_H
+#define CORRAL_CMD_H
+
+#include "arena.h"
+#include "model.h"
+
+#include <corral.h>
+
+/* ZeroMQ routing ids are at most 255 bytes. */
+#define PEER_ID_MAX 255
+
+enum peer_side { SIDE_CLIENT = 0, SIDE_WORKER = 1 };
+
+/* A connected peer: which endpoint, and its ROUTER routing id. */
+struct peer {
+    enum peer_side side;
+    uint8_t len;
+    uint8_t id[PEER_ID_MAX];
+};
+
+enum cmd_type {
+    CMD_OPEN_GROUP,
+    CMD_SUBMIT,
+    CMD_CLOSE_GROUP,
+    CMD_CANCEL_GROUP,
+    CMD_CANCEL_JOB,
+    CMD_GET_TREE,
+    CMD_WAIT_GROUP,
+    CMD_SUBSCRIBE,
+    CMD_READY,
+    CMD_HEARTBEAT,
+    CMD_STARTED,
+    CMD_DONE,
+    CMD_FAILED,
+    CMD_CANCEL_ACK,
+};
+
+struct running_ref {
+    const char *job;
+    uint32_t attempt;
+};
+
+/* A decoded request. Every pointer is borrowed from the decoder and valid only during
+ * engine_handle(); strings are NUL-terminated, never NULL (empty when absent). */
+struct cmd {
+    enum cmd_type type;
+    uint64_t request_id;
+    const char *id;           /* the group or job the request names */
+    const char *parent_group; /* OPEN_GROUP */
+    const char *parent_job;   /* OPEN_GROUP */
+    const char *kind;         /* SUBMIT */
+    struct bytes data;        /* SUBMIT payload, DONE result, STARTED value, FAILED details */
+    const char *reason;       /* CANCEL_* */
+    uint32_t attempt;         /* worker reports */
+    const char *err_type;     /* FAILED */
+    const char *err_message;  /* FAILED */
+    bool retryable;           /* FAILED */
+    const char *const *kinds; /* READY */
+    size_t nkinds;
+    uint32_t concurrency;
+    const struct running_ref *running;
+    size_t nrunning;
+    const char *name;
+};
+
+/* An error as sent: a job's error, or an exception group (type "ExceptionGroup", group
+ * set, exceptions nested). Strings are borrowed from the engine or the outbox arena. */
+struct terr {
+    const char *type;
+    const char *message;
+    const char *job;   /* "" when none */
+    const char *group; /* "" when none */
+    struct bytes details;
+    struct terr *exceptions;
+    size_t nexceptions;
+};
+
+/* A node of a tree as sent. */
+struct tnode {
+    enum node_type type;
+    const char *id;
+    const char *kind;
+    enum node_state state;
+    enum outcome outcome;
+    struct bytes result;
+    struct terr *error; /* NULL unless FAILED */
+    uint32_t attempt;
+    bool cancel_called;
+    bool cancelled_caught;
+    enum cancel_source cancel_source;
+    const char *cancel_reason; /* "" when none */
+    const char *parent;        /* "" for a root */
+    bool closed;
+    struct tnode *children;
+    size_t nchildren;
+    struct tnode *groups;
+    size_t ngroups;
+};
+
+enum out_type { OUTMSG_REPLY, OUTMSG_DISPATCH, OUTMSG_CANCEL, OUTMSG_EVENT, OUTMSG_SHUTDOWN };
+
+enum event_type {
+    EV_JOB_DISPATCHED = 1,
+    EV_JOB_STARTED = 2,
+    EV_JOB_ENDED = 3,
+    EV_GROUP_CANCELLING = 4,
+    EV_GROUP_ENDED = 5,
+};
+
+/* One message to send once the turn's transaction has committed. Pointers are borrowed
+ * from the engine (which frees nothing during a turn) or owned by the outbox arena. */
+struct out_msg {
+    enum out_type type;
+    struct peer to;
+    uint64_t request_id;
+    /* OUTMSG_REPLY */
+    enum corral_err code;
+    const char *message; /* "" on success */
+    const char *id;      /* new group or job id, or "" */
+    bool cancelled;
+    struct tnode *tree;
+    uint32_t retry_after_ms;
+    uint32_t hb_interval_ms;
+    uint32_t hb_timeout_ms;
+    const struct running_ref *reclaimed;
+    size_t nreclaimed;
+    /* OUTMSG_DISPATCH and OUTMSG_CANCEL (job, attempt); dispatch also kind, payload, group */
+    const char *job;
+    uint32_t attempt;
+    const char *kind;
+    struct bytes payload;
+    const char *group;
+    enum cancel_source source;
+    const char *reason;
+    /* OUTMSG_EVENT: node is shallow (no children) */
+    enum event_type event;
+    const char *subscription;
+    struct tnode *node;
+};
+
+/* The effects of a turn: messages in order, and rows to write, all freed by
+ * outbox_reset(). */
+struct outbox {
+    struct arena arena;
+    struct out_msg *msgs;
+    size_t nmsgs;
+    size_t capmsgs;
+    struct group_row *groups;
+    size_t ngroups;
+    size_t capgroups;
+    struct job_row *jobs;
+    size_t njobs;
+    size_t capjobs;
+};
+
+void outbox_init(struct outbox *ob);
+/* Empties the outbox for the next turn, keeping its buffers. */
+void outbox_reset(struct outbox *ob);
+/* Frees everything the outbox holds. */
+void outbox_fini(struct outbox *ob);
+/* Appends a zeroed message and returns it (owned by the outbox); NULL when out of memory. */
+struct out_msg *outbox_msg(struct outbox *ob, enum out_type type, const struct peer *to);
+/* Appends a copy of the row (its pointers stay borrowed); false when out of memory. */
+bool outbox_group_row(struct outbox *ob, const struct group_row *row);
+bool outbox_job_row(struct outbox *ob, const struct job_row *row);
+
+#endif

@@ -1,0 +1,227 @@
+/* config.c - the option table of corrald and its parser. */
+#include "config.h"
+
+#include "duration.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum opt_type { OPT_TEXT, OPT_DURATION, OPT_SIZE, OPT_SYNC, OPT_LOG_LEVEL, OPT_LOG_FORMAT };
+
+struct option_def {
+    const char *flag; /* without the leading "--" */
+    const char *env;
+    const char *def;
+    enum opt_type type;
+    size_t offset; /* into struct config */
+    size_t size;   /* OPT_TEXT: the buffer's size */
+    const char *help;
+};
+
+#define FIELD(f) offsetof(struct config, f), sizeof(((struct config *)0)->f)
+
+static const struct option_def options[] = {
+    {"client-endpoint", "CORRAL_CLIENT_ENDPOINT", "tcp://127.0.0.1:7700", OPT_TEXT,
+     FIELD(client_endpoint), "ZeroMQ endpoint clients connect to (ROUTER)"},
+    {"worker-endpoint", "CORRAL_WORKER_ENDPOINT", "tcp://127.0.0.1:7701", OPT_TEXT,
+     FIELD(worker_endpoint), "ZeroMQ endpoint workers connect to (ROUTER)"},
+    {"data-dir", "CORRAL_DATA_DIR", "./corral-data", OPT_TEXT, FIELD(data_dir),
+     "directory of the SQLite database (created if missing)"},
+    {"sync", "CORRAL_SYNC", "full", OPT_SYNC, FIELD(sync),
+     "SQLite durability: full (fsync every commit) or normal (WAL, survives a crash of "
+     "corrald but maybe not of the machine)"},
+    {"heartbeat-interval", "CORRAL_HEARTBEAT_INTERVAL", "1s", OPT_DURATION,
+     FIELD(heartbeat_interval_ms), "how often workers are told to send a heartbeat"},
+    {"heartbeat-timeout", "CORRAL_HEARTBEAT_TIMEOUT", "5s", OPT_DURATION,
+     FIELD(heartbeat_timeout_ms),
+     "a worker silent this long is lost; also the reconnect window after a restart"},
+    {"cancel-resend", "CORRAL_CANCEL_RESEND", "1s", OPT_DURATION, FIELD(cancel_resend_ms),
+     "how often CANCEL is repeated to a worker until it acknowledges"},
+    {"max-payload", "CORRAL_MAX_PAYLOAD", "1M", OPT_SIZE, FIELD(max_payload),
+     "largest payload, result, started value or error accepted (answered TOO_LARGE)"},
+    {"max-message", "CORRAL_MAX_MESSAGE", "16M", OPT_SIZE, FIELD(max_message),
+     "hard cap on one message; a peer sending more is disconnected"},
+    {"log-level", "CORRAL_LOG_LEVEL", "info", OPT_LOG_LEVEL, FIELD(log_level),
+     "debug, info, warn or error"},
+    {"log-format", "CORRAL_LOG_FORMAT", "logfmt", OPT_LOG_FORMAT, FIELD(log_format),
+     "logfmt or json"},
+};
+
+#define NOPTIONS (sizeof(options) / sizeof(options[0]))
+
+int
+config_parse_size(const char *text, uint64_t *out)
+{
+    if (text == NULL || *text < '0' || *text > '9')
+        return -1;
+    char *end = NULL;
+    errno = 0;
+    unsigned long long v = strtoull(text, &end, 10);
+    if (errno != 0)
+        return -1;
+    unsigned shift = 0;
+    if (*end == 'K' || *end == 'k')
+        shift = 10;
+    else if (*end == 'M' || *end == 'm')
+        shift = 20;
+    else if (*end == 'G' || *end == 'g')
+        shift = 30;
+    if (shift)
+        end++;
+    if (*end == 'B' || *end == 'b')
+        end++;
+    if (*end != '\0' || (shift && v > (UINT64_MAX >> shift)))
+        return -1;
+    *out = (uint64_t)v << shift;
+    return 0;
+}
+
+/* Applies one value; returns 0, or -1 with the reason in err. */
+static int
+apply(struct config *cfg, const struct option_def *o, const char *value, const char *origin,
+      char *err, size_t errlen)
+{
+    char *field = (char *)cfg + o->offset;
+    const char *why = NULL;
+    switch (o->type) {
+    case OPT_TEXT:
+        if (*value == '\0')
+            why = "must not be empty";
+        else if (strlen(value) >= o->size)
+            why = "is too long";
+        else
+            strcpy(field, value);
+        break;
+    case OPT_DURATION: {
+        uint64_t ms;
+        if (duration_parse_ms(value, &ms) != 0)
+            why = "is not a duration (a number with an optional unit ms, s, m or h)";
+        else if (ms == 0)
+            why = "must be greater than zero";
+        else if (ms > UINT32_MAX)
+            why = "is too long";
+        else
+            *(uint64_t *)(void *)field = ms;
+        break;
+    }
+    case OPT_SIZE: {
+        uint64_t n;
+        if (config_parse_size(value, &n) != 0)
+            why = "is not a size (bytes with an optional K, M or G suffix)";
+        else if (n == 0 || n > ((uint64_t)1 << 31))
+            why = "must be between 1 byte and 2G";
+        else
+            *(uint64_t *)(void *)field = n;
+        break;
+    }
+    case OPT_SYNC:
+        if (strcmp(value, "full") == 0)
+            *(enum store_sync *)(void *)field = STORE_SYNC_FULL;
+        else if (strcmp(value, "normal") == 0)
+            *(enum store_sync *)(void *)field = STORE_SYNC_NORMAL;
+        else
+            why = "must be full or normal";
+        break;
+    case OPT_LOG_LEVEL:
+        if (log_parse_level(value, (enum log_level *)(void *)field) != 0)
+            why = "must be debug, info, warn or error";
+        break;
+    case OPT_LOG_FORMAT:
+        if (log_parse_format(value, (enum log_format *)(void *)field) != 0)
+            why = "must be logfmt or json";
+        break;
+    }
+    if (why == NULL)
+        return 0;
+    snprintf(err, errlen, "invalid %s '%s': %s", origin, value, why);
+    return -1;
+}
+
+static const struct option_def *
+find_flag(const char *name, size_t len)
+{
+    for (size_t i = 0; i < NOPTIONS; i++)
+        if (strlen(options[i].flag) == len && strncmp(options[i].flag, name, len) == 0)
+            return &options[i];
+    return NULL;
+}
+
+enum config_result
+config_parse(struct config *cfg, int argc, char **argv, char *err, size_t errlen)
+{
+    char origin[64];
+    memset(cfg, 0, sizeof(*cfg));
+    for (size_t i = 0; i < NOPTIONS; i++) {
+        snprintf(origin, sizeof(origin), "default of --%s", options[i].flag);
+        if (apply(cfg, &options[i], options[i].def, origin, err, errlen) != 0)
+            return CONFIG_ERROR;
+    }
+    for (size_t i = 0; i < NOPTIONS; i++) {
+        const char *v = getenv(options[i].env);
+        if (v == NULL)
+            continue;
+        snprintf(origin, sizeof(origin), "%s", options[i].env);
+        if (apply(cfg, &options[i], v, origin, err, errlen) != 0)
+            return CONFIG_ERROR;
+    }
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0)
+            return CONFIG_HELP;
+        if (strcmp(a, "--version") == 0)
+            return CONFIG_VERSION;
+        if (strncmp(a, "--", 2) != 0) {
+            snprintf(err, errlen, "unexpected argument '%s' (see --help)", a);
+            return CONFIG_ERROR;
+        }
+        const char *name = a + 2;
+        const char *eq = strchr(name, '=');
+        size_t len = eq ? (size_t)(eq - name) : strlen(name);
+        const struct option_def *o = find_flag(name, len);
+        if (o == NULL) {
+            snprintf(err, errlen, "unknown option '%s' (see --help)", a);
+            return CONFIG_ERROR;
+        }
+        const char *value = eq ? eq + 1 : NULL;
+        if (value == NULL) {
+            if (i + 1 >= argc) {
+                snprintf(err, errlen, "option --%s needs a value", o->flag);
+                return CONFIG_ERROR;
+            }
+            value = argv[++i];
+        }
+        snprintf(origin, sizeof(origin), "--%s", o->flag);
+        if (apply(cfg, o, value, origin, err, errlen) != 0)
+            return CONFIG_ERROR;
+    }
+    if (cfg->max_payload >= cfg->max_message) {
+        snprintf(err, errlen,
+                 "invalid --max-payload: must be smaller than --max-message (%llu bytes)",
+                 (unsigned long long)cfg->max_message);
+        return CONFIG_ERROR;
+    }
+    if (cfg->heartbeat_interval_ms >= cfg->heartbeat_timeout_ms) {
+        snprintf(err, errlen,
+                 "invalid --heartbeat-interval: must be shorter than --heartbeat-timeout");
+        return CONFIG_ERROR;
+    }
+    return CONFIG_OK;
+}
+
+void
+config_usage(FILE *f)
+{
+    fputs("usage: corrald [OPTION VALUE]...\n"
+          "The corral broker: persistent task groups of remote jobs.\n\n"
+          "Every option can also be set with its environment variable; a flag wins.\n"
+          "Durations: a number with an optional unit ms, s, m or h (bare: seconds).\n"
+          "Sizes: bytes with an optional K, M or G suffix.\n\n",
+          f);
+    for (size_t i = 0; i < NOPTIONS; i++)
+        fprintf(f, "  --%-20s %-27s default %s\n      %s\n", options[i].flag, options[i].env,
+                options[i].def, options[i].help);
+    fputs("  --help                 print this text\n"
+          "  --version              print the version\n",
+          f);
+}

@@ -1,0 +1,210 @@
+/* engine_int.h - the engine's internal types, shared by engine.c (requests, scopes and
+ * completion), engine_sched.c (workers, dispatch, timers, recovery) and engine_tree.c
+ * (trees, errors, events, rows). Not for use outside the engine. */
+#ifndef CORRAL_ENGINE_INT_H
+#define CORRAL_ENGINE_INT_H
+
+#include "engine.h"
+#include "timer.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* What every group and job has. The first member of struct group and struct job, so a
+ * struct node * converts to either once its type is checked. */
+struct node {
+    enum node_type type;
+    enum node_state state;
+    enum outcome outcome;
+    uint64_t id;
+    char idstr[MODEL_ID_MAX];
+    struct node *parent; /* jobs: their group; groups: a group, a job or NULL (root) */
+    bool cancel_called;
+    bool cancelled_caught;
+    enum cancel_source cancel_source;
+    char *cancel_reason; /* owned; NULL when none */
+    uint64_t failed_seq; /* position in the parent's exception group; 0: not in it */
+    uint64_t created_ms;
+    uint64_t ended_ms;
+    bool dirty;     /* changed since the last flush */
+    bool persisted; /* a row exists in the store */
+};
+
+/* A client waiting for a group to end (deferred WaitGroup reply), or subscribed to its
+ * events. */
+struct listener {
+    struct peer peer;
+    uint64_t request_id;
+    struct listener *next;
+};
+
+struct group {
+    struct node n;
+    bool closed;
+    bool busy; /* cancelling its children: do not end it half-way */
+    uint32_t depth;
+    struct node **children; /* submission order */
+    size_t nchildren;
+    size_t capchildren;
+    size_t unended;
+    struct node **failures; /* failed children in the order they failed */
+    size_t nfailures;
+    size_t capfailures;
+    struct listener *waiters;
+    struct listener *subs;
+};
+
+struct kind;
+struct worker;
+
+struct job {
+    struct node n;
+    struct kind *kind;
+    uint8_t *payload;
+    size_t payload_len;
+    uint32_t attempt;
+    uint8_t *result;
+    size_t result_len;
+    char *err_type;
+    char *err_message;
+    uint8_t *err_details;
+    size_t err_details_len;
+    bool started;
+    struct worker *worker; /* RUNNING or CANCELLING on it; NULL while orphaned */
+    size_t worker_slot;    /* index in worker->jobs */
+    struct job *qprev;     /* kind queue links while QUEUED */
+    struct job *qnext;
+    struct group **groups; /* groups the job opened */
+    size_t ngroups;
+    size_t capgroups;
+};
+
+/* A job kind: its FIFO of queued jobs (oldest first). */
+struct kind {
+    char *name;
+    struct job *head;
+    struct job *tail;
+    size_t nqueued;
+    struct kind *next;
+};
+
+struct worker {
+    struct peer peer;
+    char *name;
+    struct kind **kinds;
+    size_t nkinds;
+    uint32_t concurrency;
+    struct job **jobs; /* RUNNING or CANCELLING here */
+    size_t njobs;
+    size_t capjobs;
+    uint64_t last_seen_ms;
+    struct worker *next;
+};
+
+/* Open-addressing map from id to node. */
+struct idmap {
+    uint64_t *keys; /* 0: empty */
+    struct node **vals;
+    size_t cap; /* power of two */
+    size_t n;
+};
+
+enum timer_kind {
+    TIMER_CANCEL_RESEND = 1, /* id: job id, gen: attempt */
+    TIMER_RECLAIM_END = 2,   /* end of the reconnect window after a restart */
+};
+
+/* A restored node and where it hangs, kept until engine_restore_finish links it. */
+struct pending_link {
+    struct node *n;
+    enum parent_type type;
+    uint64_t parent_id;
+};
+
+struct engine {
+    struct engine_config cfg;
+    struct engine_stats stats;
+    struct idmap map;
+    uint64_t next_id;
+    uint64_t failseq;
+    struct kind *kinds;
+    struct worker *workers;
+    struct worker *retired; /* freed at the end of the turn */
+    struct node **dirty;
+    size_t ndirty;
+    size_t capdirty;
+    struct timer_heap timers;
+    bool dispatch_needed;
+    struct job **orphans; /* RUNNING at restart, reclaimable until TIMER_RECLAIM_END */
+    size_t norphans;
+    size_t caporphans;
+    size_t nsubs;
+    struct pending_link *links; /* during recovery only */
+    size_t nlinks;
+    size_t caplinks;
+    struct outbox *out; /* the outbox of the turn in progress */
+    uint64_t now;       /* the time of the turn in progress */
+};
+
+/* ---- memory: the engine aborts on out-of-memory (Redis's policy): a half-applied
+ * transition cannot be undone, and everything acknowledged is in SQLite. Sizes from the
+ * wire are checked against limits before any allocation. */
+_Noreturn void engine_oom(void);
+void *ecalloc(size_t n, size_t size);
+void *erealloc(void *p, size_t size);
+char *estrdup(const char *s);
+void *ememdup(const void *p, size_t len);
+/* Appends item to a growable pointer array. */
+void eappend(void ***arr, size_t *n, size_t *cap, void *item);
+
+/* ---- ids (engine.c) */
+struct node *engine_node(struct engine *e, uint64_t id);
+struct node *engine_lookup(struct engine *e, const char *idstr, enum node_type type);
+struct group *as_group(struct node *n);
+struct job *as_job(struct node *n);
+
+/* ---- transitions (engine.c): every state change goes through these, checked against
+ * the table of legal moves. */
+void node_set_state(struct engine *e, struct node *n, enum node_state to);
+void mark_dirty(struct engine *e, struct node *n);
+/* The type of an exception group's error. */
+#define EXCEPTION_GROUP "ExceptionGroup"
+
+/* A job reached its outcome: records it, releases its worker slot, tells its group. */
+void job_end(struct engine *e, struct job *j, enum outcome o);
+/* The job's body ended (its worker reported): ends it, or, if groups it opened are still
+ * running, closes them and keeps the outcome pending until they end (D5). */
+void job_body_ended(struct engine *e, struct job *j, enum outcome o);
+/* Ends a job whose body has ended once its last group has ended. */
+void job_maybe_end(struct engine *e, struct job *j);
+/* The group whose exception group is the job's error (D5), or NULL. */
+struct group *job_error_group(const struct job *j);
+/* Cancels a node and its subtree (first cancel's source and reason are kept). */
+void cancel_node(struct engine *e, struct node *n, enum cancel_source src, const char *reason);
+/* Re-checks whether a group can end now. */
+void group_maybe_end(struct engine *e, struct group *g);
+
+/* ---- scheduling (engine_sched.c) */
+void kind_enqueue(struct engine *e, struct job *j);
+void kind_dequeue(struct engine *e, struct job *j);
+struct kind *kind_get(struct engine *e, const char *name);
+void worker_release(struct engine *e, struct job *j);
+void send_cancel(struct engine *e, struct job *j);
+void engine_handle_worker(struct engine *e, const struct peer *from, const struct cmd *c);
+struct worker *worker_find(struct engine *e, const struct peer *p);
+void workers_free(struct engine *e);
+
+/* ---- trees, events and rows (engine_tree.c) */
+struct tnode *tree_build(struct engine *e, struct node *n, bool deep);
+void emit_event(struct engine *e, struct node *n, enum event_type type);
+void listeners_free(struct listener **l);
+
+/* ---- replies (engine.c) */
+struct out_msg *reply(struct engine *e, const struct peer *to, uint64_t request_id,
+                      enum corral_err code, const char *message);
+struct out_msg *reply_fmt(struct engine *e, const struct peer *to, uint64_t request_id,
+                          enum corral_err code, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+
+#endif

@@ -1,0 +1,472 @@
+/* engine_sched.c - workers and the jobs they run: registration and reclaiming after a
+ * reconnect, heartbeats and lost workers (S13), worker reports with the attempt rule,
+ * CANCEL repeated until acknowledged (S4), and dispatch, oldest queued first, never
+ * beyond a worker's stated concurrency. */
+#include "engine_int.h"
+
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ------------------------------------------------------------------ kinds and queues */
+
+struct kind *
+kind_get(struct engine *e, const char *name)
+{
+    for (struct kind *k = e->kinds; k; k = k->next)
+        if (strcmp(k->name, name) == 0)
+            return k;
+    struct kind *k = ecalloc(1, sizeof(*k));
+    k->name = estrdup(name);
+    k->next = e->kinds;
+    e->kinds = k;
+    return k;
+}
+
+/* Queues j in id order: new submissions go to the tail at once; a job queued again
+ * (its worker was lost) goes back among the older ones. */
+void
+kind_enqueue(struct engine *e, struct job *j)
+{
+    struct kind *k = j->kind;
+    struct job *at = NULL; /* insert before this one; NULL: at the tail */
+    if (k->tail && k->tail->n.id > j->n.id)
+        for (at = k->head; at->n.id < j->n.id; at = at->qnext)
+            ;
+    j->qnext = at;
+    j->qprev = at ? at->qprev : k->tail;
+    if (j->qprev)
+        j->qprev->qnext = j;
+    else
+        k->head = j;
+    if (at)
+        at->qprev = j;
+    else
+        k->tail = j;
+    k->nqueued++;
+    e->stats.queued++;
+    e->dispatch_needed = true;
+}
+
+void
+kind_dequeue(struct engine *e, struct job *j)
+{
+    struct kind *k = j->kind;
+    if (j->qprev)
+        j->qprev->qnext = j->qnext;
+    else
+        k->head = j->qnext;
+    if (j->qnext)
+        j->qnext->qprev = j->qprev;
+    else
+        k->tail = j->qprev;
+    j->qprev = j->qnext = NULL;
+    k->nqueued--;
+    e->stats.queued--;
+}
+
+/* ------------------------------------------------------------------ workers */
+
+struct worker *
+worker_find(struct engine *e, const struct peer *p)
+{
+    for (struct worker *w = e->workers; w; w = w->next)
+        if (w->peer.len == p->len && memcmp(w->peer.id, p->id, p->len) == 0)
+            return w;
+    return NULL;
+}
+
+static void
+worker_assign(struct engine *e, struct worker *w, struct job *j)
+{
+    j->worker = w;
+    j->worker_slot = w->njobs;
+    eappend((void ***)&w->jobs, &w->njobs, &w->capjobs, j);
+    e->stats.running++;
+}
+
+void
+worker_release(struct engine *e, struct job *j)
+{
+    struct worker *w = j->worker;
+    struct job *last = w->jobs[--w->njobs];
+    w->jobs[j->worker_slot] = last;
+    last->worker_slot = j->worker_slot;
+    j->worker = NULL;
+    e->stats.running--;
+    e->dispatch_needed = true;
+}
+
+static void
+arm_cancel_resend(struct engine *e, struct job *j)
+{
+    struct timer t = {e->now + e->cfg.cancel_resend_ms, j->n.id, TIMER_CANCEL_RESEND, j->attempt};
+    if (!timer_push(&e->timers, &t))
+        engine_oom();
+}
+
+void
+send_cancel(struct engine *e, struct job *j)
+{
+    /* Without a worker there is nobody to tell: an orphan is told when a Ready reclaims
+     * it, a job whose body has ended (D5) only waits for its groups. */
+    if (j->worker == NULL)
+        return;
+    struct out_msg *m = outbox_msg(e->out, OUTMSG_CANCEL, &j->worker->peer);
+    if (m == NULL)
+        engine_oom();
+    m->job = j->n.idstr;
+    m->attempt = j->attempt;
+    m->source = j->n.cancel_source;
+    m->reason = j->n.cancel_reason ? j->n.cancel_reason : "";
+    /* Level-triggered over the network: repeated until acknowledged. */
+    arm_cancel_resend(e, j);
+}
+
+/* Puts a job that lost its worker back in its queue; the next dispatch is attempt+1. */
+static void
+requeue(struct engine *e, struct job *j)
+{
+    if (j->worker)
+        worker_release(e, j);
+    for (size_t i = 0; i < j->ngroups; i++)
+        cancel_node(e, &j->groups[i]->n, SRC_PARENT, "the job's worker was lost");
+    node_set_state(e, &j->n, ST_QUEUED);
+    j->started = false;
+    kind_enqueue(e, j);
+    e->stats.jobs_requeued++;
+}
+
+/* A job's worker is gone for good: a running job is tried again (at least once, S13), a
+ * job being cancelled ends CANCELLED and is never retried (D6). */
+static void
+orphan_lost(struct engine *e, struct job *j)
+{
+    if (j->n.state == ST_CANCELLING)
+        job_body_ended(e, j, OUT_CANCELLED);
+    else
+        requeue(e, j);
+}
+
+static void
+worker_lose(struct engine *e, struct worker *w)
+{
+    while (w->njobs > 0)
+        orphan_lost(e, w->jobs[w->njobs - 1]);
+    struct worker **pp = &e->workers;
+    while (*pp != w)
+        pp = &(*pp)->next;
+    *pp = w->next;
+    w->next = e->retired;
+    e->retired = w;
+    e->stats.workers--;
+    e->stats.workers_lost++;
+}
+
+static void
+worker_free(struct worker *w)
+{
+    free(w->name);
+    free(w->kinds);
+    free(w->jobs);
+    free(w);
+}
+
+void
+workers_free(struct engine *e)
+{
+    engine_end_turn(e);
+    while (e->workers) {
+        struct worker *w = e->workers;
+        e->workers = w->next;
+        worker_free(w);
+    }
+}
+
+void
+engine_end_turn(struct engine *e)
+{
+    while (e->retired) {
+        struct worker *w = e->retired;
+        e->retired = w->next;
+        worker_free(w);
+    }
+}
+
+/* Ready: register (or re-register) and reclaim the running jobs the worker announces.
+ * A job is given back when it is still RUNNING or CANCELLING with that attempt and it
+ * is orphaned, already this worker's, or held by a registration of the same worker name
+ * (the same process after a reconnect). */
+static void
+on_ready(struct engine *e, const struct peer *from, const struct cmd *c)
+{
+    struct worker *w = worker_find(e, from);
+    if (w == NULL) {
+        w = ecalloc(1, sizeof(*w));
+        w->peer = *from;
+        w->next = e->workers;
+        e->workers = w;
+        e->stats.workers++;
+    }
+    free(w->name);
+    w->name = estrdup(c->name);
+    free(w->kinds);
+    w->kinds = ecalloc(c->nkinds, sizeof(*w->kinds));
+    w->nkinds = c->nkinds;
+    for (size_t i = 0; i < c->nkinds; i++)
+        w->kinds[i] = kind_get(e, c->kinds[i]);
+    w->concurrency = c->concurrency;
+    w->last_seen_ms = e->now;
+
+    struct running_ref *back = arena_alloc(&e->out->arena, (c->nrunning + 1) * sizeof(*back));
+    size_t nback = 0;
+    for (size_t i = 0; i < c->nrunning; i++) {
+        struct job *j = as_job(engine_lookup(e, c->running[i].job, NODE_JOB));
+        if (j == NULL || j->attempt != c->running[i].attempt ||
+            (j->n.state != ST_RUNNING && j->n.state != ST_CANCELLING))
+            continue;
+        if (j->worker && j->worker != w &&
+            !(*c->name && j->worker->name && strcmp(j->worker->name, c->name) == 0))
+            continue;
+        if (j->worker != w) {
+            if (j->worker)
+                worker_release(e, j);
+            worker_assign(e, w, j);
+        }
+        if (j->n.state == ST_CANCELLING)
+            send_cancel(e, j);
+        back[nback].job = j->n.idstr;
+        back[nback].attempt = j->attempt;
+        nback++;
+    }
+    struct out_msg *m = reply(e, from, c->request_id, CORRAL_OK, NULL);
+    m->hb_interval_ms = e->cfg.heartbeat_interval_ms;
+    m->hb_timeout_ms = e->cfg.heartbeat_timeout_ms;
+    m->reclaimed = back;
+    m->nreclaimed = nback;
+    e->dispatch_needed = true;
+}
+
+/* Finds the job a worker report names and checks the attempt rule (S13): the report
+ * must come from the worker running that very attempt. Replies and returns NULL if not. */
+static struct job *
+reported_job(struct engine *e, struct worker *w, const struct peer *from, const struct cmd *c)
+{
+    struct job *j = as_job(engine_lookup(e, c->id, NODE_JOB));
+    if (j == NULL) {
+        reply_fmt(e, from, c->request_id, CORRAL_ENOTFOUND, "no such job: '%s'", c->id);
+        return NULL;
+    }
+    if (j->worker != w || j->attempt != c->attempt ||
+        (j->n.state != ST_RUNNING && j->n.state != ST_CANCELLING)) {
+        e->stats.stale_reports++;
+        reply_fmt(e, from, c->request_id, CORRAL_ESTALE,
+                  "stale report for job %s attempt %" PRIu32 ": the current attempt is %" PRIu32
+                  " and it is %s",
+                  j->n.idstr, c->attempt, j->attempt,
+                  j->n.state == ST_ENDED ? "ended" : "not running on this worker");
+        return NULL;
+    }
+    return j;
+}
+
+static bool
+too_large(struct engine *e, const struct peer *from, const struct cmd *c, const char *what,
+          size_t len)
+{
+    if (len <= e->cfg.max_payload)
+        return false;
+    reply_fmt(e, from, c->request_id, CORRAL_ETOOLARGE,
+              "%s of %zu bytes exceeds the limit of %" PRIu64 " bytes", what, len,
+              e->cfg.max_payload);
+    return true;
+}
+
+static void
+on_report(struct engine *e, struct worker *w, const struct peer *from, const struct cmd *c)
+{
+    struct job *j = reported_job(e, w, from, c);
+    if (j == NULL)
+        return;
+    switch (c->type) {
+    case CMD_STARTED:
+        if (too_large(e, from, c, "started value", c->data.len))
+            return;
+        if (j->started) {
+            reply_fmt(e, from, c->request_id, CORRAL_EWRONGSTATE,
+                      "job %s attempt %" PRIu32 " has already signalled readiness", j->n.idstr,
+                      j->attempt);
+            return;
+        }
+        j->started = true;
+        emit_event(e, &j->n, EV_JOB_STARTED);
+        break;
+    case CMD_DONE:
+        if (c->data.len > e->cfg.max_payload) {
+            /* The job cannot be recorded as it is: it fails, so that nobody waits forever. */
+            too_large(e, from, c, "result", c->data.len);
+            j->err_type = estrdup("ResultTooLarge");
+            j->err_message = estrdup(e->out->msgs[e->out->nmsgs - 1].message);
+            job_body_ended(e, j, OUT_FAILED);
+            return;
+        }
+        j->result = ememdup(c->data.data, c->data.len);
+        j->result_len = c->data.len;
+        job_body_ended(e, j, OUT_SUCCEEDED);
+        break;
+    case CMD_FAILED:
+        if (too_large(e, from, c, "error", strlen(c->err_message) + c->data.len))
+            return;
+        j->err_type = estrdup(c->err_type);
+        j->err_message = estrdup(c->err_message);
+        j->err_details = ememdup(c->data.data, c->data.len);
+        j->err_details_len = c->data.len;
+        job_body_ended(e, j, OUT_FAILED);
+        break;
+    default: /* CMD_CANCEL_ACK */
+        if (j->n.state != ST_CANCELLING) {
+            reply_fmt(e, from, c->request_id, CORRAL_EWRONGSTATE, "job %s was not asked to cancel",
+                      j->n.idstr);
+            return;
+        }
+        job_body_ended(e, j, OUT_CANCELLED);
+        break;
+    }
+    reply(e, from, c->request_id, CORRAL_OK, NULL);
+}
+
+void
+engine_handle_worker(struct engine *e, const struct peer *from, const struct cmd *c)
+{
+    if (c->type == CMD_READY) {
+        on_ready(e, from, c);
+        return;
+    }
+    struct worker *w = worker_find(e, from);
+    if (w == NULL) {
+        reply(e, from, c->request_id, CORRAL_EUNKNOWNWORKER,
+              "unknown worker: send Ready first (the broker restarted or declared it lost)");
+        return;
+    }
+    w->last_seen_ms = e->now;
+    if (c->type == CMD_HEARTBEAT)
+        reply(e, from, c->request_id, CORRAL_OK, NULL);
+    else
+        on_report(e, w, from, c);
+}
+
+/* ------------------------------------------------------------------ dispatch */
+
+/* The oldest queued job among the kinds w serves, or NULL. */
+static struct job *
+oldest_for(const struct worker *w)
+{
+    struct job *best = NULL;
+    for (size_t i = 0; i < w->nkinds; i++) {
+        struct job *h = w->kinds[i]->head;
+        if (h && (best == NULL || h->n.id < best->n.id))
+            best = h;
+    }
+    return best;
+}
+
+static void
+dispatch(struct engine *e, struct worker *w, struct job *j)
+{
+    kind_dequeue(e, j);
+    node_set_state(e, &j->n, ST_RUNNING);
+    j->attempt++;
+    j->started = false;
+    worker_assign(e, w, j);
+    e->stats.jobs_dispatched++;
+    struct out_msg *m = outbox_msg(e->out, OUTMSG_DISPATCH, &w->peer);
+    if (m == NULL)
+        engine_oom();
+    m->job = j->n.idstr;
+    m->attempt = j->attempt;
+    m->kind = j->kind->name;
+    m->payload = (struct bytes){j->payload, j->payload_len};
+    m->group = j->n.parent->idstr;
+    emit_event(e, &j->n, EV_JOB_DISPATCHED);
+}
+
+/* Hands out one job per free worker per round, so work spreads over workers, until no
+ * free worker has a queued job of its kinds. */
+static void
+dispatch_all(struct engine *e)
+{
+    bool progress = true;
+    while (progress) {
+        progress = false;
+        for (struct worker *w = e->workers; w; w = w->next) {
+            if (w->njobs >= w->concurrency)
+                continue;
+            struct job *j = oldest_for(w);
+            if (j) {
+                dispatch(e, w, j);
+                progress = true;
+            }
+        }
+    }
+    e->dispatch_needed = false;
+}
+
+/* ------------------------------------------------------------------ time */
+
+static void
+fire(struct engine *e, const struct timer *t)
+{
+    if (t->kind == TIMER_CANCEL_RESEND) {
+        struct job *j = as_job(engine_node(e, t->id));
+        if (j && j->n.state == ST_CANCELLING && j->attempt == t->gen)
+            send_cancel(e, j);
+        return;
+    }
+    /* TIMER_RECLAIM_END: what no worker reclaimed in the reconnect window is tried again
+     * (or ends CANCELLED, if it was being cancelled). */
+    for (size_t i = 0; i < e->norphans; i++) {
+        struct job *j = e->orphans[i];
+        if (j->worker == NULL && (j->n.state == ST_RUNNING || j->n.state == ST_CANCELLING))
+            orphan_lost(e, j);
+    }
+    free(e->orphans);
+    e->orphans = NULL;
+    e->norphans = e->caporphans = 0;
+    e->stats.reclaimable = 0;
+}
+
+uint64_t
+engine_tick(struct engine *e, uint64_t now_ms, struct outbox *out)
+{
+    e->now = now_ms;
+    e->out = out;
+    const struct timer *top;
+    while ((top = timer_peek(&e->timers)) && top->at_ms <= now_ms) {
+        struct timer t;
+        timer_pop(&e->timers, &t);
+        fire(e, &t);
+    }
+    uint64_t next = top ? top->at_ms : UINT64_MAX;
+    for (struct worker *w = e->workers, *nw; w; w = nw) {
+        nw = w->next;
+        uint64_t expiry = w->last_seen_ms + e->cfg.heartbeat_timeout_ms;
+        if (expiry <= now_ms)
+            worker_lose(e, w);
+        else if (expiry < next)
+            next = expiry;
+    }
+    if (e->dispatch_needed)
+        dispatch_all(e);
+    top = timer_peek(&e->timers);
+    if (top && top->at_ms < next)
+        next = top->at_ms;
+    return next;
+}
+
+void
+engine_shutdown(struct engine *e, struct outbox *out)
+{
+    for (struct worker *w = e->workers; w; w = w->next)
+        if (outbox_msg(out, OUTMSG_SHUTDOWN, &w->peer) == NULL)
+            engine_oom();
+}

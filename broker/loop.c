@@ -1,0 +1,363 @@
+/* loop.c - the only module that speaks ZeroMQ (see loop.h). */
+#include "loop.h"
+
+#include "clock.h"
+#include "log.h"
+#include "wire.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
+#include <zmq.h>
+
+/* At most this many messages are taken per turn, so one turn's transaction and latency
+ * stay bounded while a flood still gets many jobs per commit. */
+#define TURN_BATCH 4096
+/* Queue bounds per peer, set on purpose; see the send path for what happens at them. */
+#define SEND_HWM 100000
+#define RECV_HWM 100000
+/* The loop wakes at least this often even with no timer due. */
+#define MAX_SLEEP_MS 1000
+
+struct loop {
+    const struct config *cfg;
+    struct engine *eng;
+    struct store *store;
+    int sigfd;
+    void *ctx;
+    void *sock[2];    /* by enum peer_side */
+    void *monitor[2]; /* PAIR sockets receiving each ROUTER's connection events */
+    struct outbox out;
+    struct loop_stats stats;
+    bool stopping;
+};
+
+static const char *const side_name[2] = {"client", "worker"};
+
+static int
+set_int(void *s, int opt, int v)
+{
+    return zmq_setsockopt(s, opt, &v, sizeof(v));
+}
+
+/* Creates, configures and binds one ROUTER, plus a monitor for its disconnects. */
+static int
+open_router(struct loop *l, enum peer_side side, const char *endpoint, char *err, size_t errlen)
+{
+    void *s = zmq_socket(l->ctx, ZMQ_ROUTER);
+    if (s == NULL)
+        goto fail;
+    l->sock[side] = s;
+    int64_t maxmsg = (int64_t)l->cfg->max_message;
+    if (set_int(s, ZMQ_ROUTER_MANDATORY, 1) != 0 || set_int(s, ZMQ_LINGER, 0) != 0 ||
+        set_int(s, ZMQ_SNDHWM, SEND_HWM) != 0 || set_int(s, ZMQ_RCVHWM, RECV_HWM) != 0 ||
+        zmq_setsockopt(s, ZMQ_MAXMSGSIZE, &maxmsg, sizeof(maxmsg)) != 0)
+        goto fail;
+    if (zmq_bind(s, endpoint) != 0)
+        goto fail;
+    char mon[64];
+    snprintf(mon, sizeof(mon), "inproc://monitor-%s", side_name[side]);
+    if (zmq_socket_monitor(s, mon, ZMQ_EVENT_DISCONNECTED) != 0)
+        goto fail;
+    l->monitor[side] = zmq_socket(l->ctx, ZMQ_PAIR);
+    if (l->monitor[side] == NULL || zmq_connect(l->monitor[side], mon) != 0)
+        goto fail;
+    log_event(LOG_INFO, "bind", "side=%s endpoint=%s", side_name[side], endpoint);
+    return 0;
+fail:
+    snprintf(err, errlen, "cannot bind the %s endpoint %s: %s", side_name[side], endpoint,
+             zmq_strerror(errno));
+    return -1;
+}
+
+int
+loop_new(struct loop **out, const struct config *cfg, struct engine *eng, struct store *store,
+         int signal_fd, char *err, size_t errlen)
+{
+    struct loop *l = calloc(1, sizeof(*l));
+    if (l == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    l->cfg = cfg;
+    l->eng = eng;
+    l->store = store;
+    l->sigfd = signal_fd;
+    outbox_init(&l->out);
+    l->ctx = zmq_ctx_new();
+    if (l->ctx == NULL) {
+        snprintf(err, errlen, "cannot create the ZeroMQ context: %s", zmq_strerror(errno));
+        goto fail;
+    }
+    if (open_router(l, SIDE_CLIENT, cfg->client_endpoint, err, errlen) != 0 ||
+        open_router(l, SIDE_WORKER, cfg->worker_endpoint, err, errlen) != 0)
+        goto fail;
+    *out = l;
+    return 0;
+fail:
+    loop_free(&l);
+    return -1;
+}
+
+void
+loop_free(struct loop **p)
+{
+    struct loop *l = p ? *p : NULL;
+    if (l == NULL)
+        return;
+    for (int i = 0; i < 2; i++) {
+        if (l->monitor[i])
+            zmq_close(l->monitor[i]);
+        if (l->sock[i]) {
+            zmq_socket_monitor(l->sock[i], NULL, 0);
+            zmq_close(l->sock[i]);
+        }
+    }
+    if (l->ctx)
+        zmq_ctx_term(l->ctx);
+    outbox_fini(&l->out);
+    free(l);
+    *p = NULL;
+}
+
+const struct loop_stats *
+loop_stats(const struct loop *l)
+{
+    return &l->stats;
+}
+
+/* Queues an error reply for input that never reached the engine. */
+static void
+reject(struct loop *l, const struct peer *from, uint64_t request_id, int code, const char *msg)
+{
+    l->stats.malformed++;
+    struct out_msg *m = outbox_msg(&l->out, OUTMSG_REPLY, from);
+    if (m == NULL)
+        return;
+    m->request_id = request_id;
+    m->code = (enum corral_err)code;
+    m->message = msg;
+    m->id = "";
+}
+
+/* Drains the remaining frames of a message. */
+static void
+drain_frames(void *s)
+{
+    int more = 1;
+    size_t len = sizeof(more);
+    while (zmq_getsockopt(s, ZMQ_RCVMORE, &more, &len) == 0 && more) {
+        zmq_msg_t f;
+        zmq_msg_init(&f);
+        zmq_msg_recv(&f, s, ZMQ_DONTWAIT);
+        zmq_msg_close(&f);
+    }
+}
+
+static bool
+has_more(void *s)
+{
+    int more = 0;
+    size_t len = sizeof(more);
+    return zmq_getsockopt(s, ZMQ_RCVMORE, &more, &len) == 0 && more;
+}
+
+/* Receives and applies one message from a side. Returns false when none was waiting. */
+static bool
+receive_one(struct loop *l, enum peer_side side, uint64_t now)
+{
+    void *s = l->sock[side];
+    zmq_msg_t idf, body;
+    zmq_msg_init(&idf);
+    if (zmq_msg_recv(&idf, s, ZMQ_DONTWAIT) < 0) {
+        zmq_msg_close(&idf);
+        return false;
+    }
+    struct peer from = {.side = side};
+    size_t idlen = zmq_msg_size(&idf);
+    from.len = (uint8_t)(idlen > PEER_ID_MAX ? PEER_ID_MAX : idlen);
+    memcpy(from.id, zmq_msg_data(&idf), from.len);
+    zmq_msg_close(&idf);
+    l->stats.messages_in++;
+    if (!has_more(s)) {
+        reject(l, &from, 0, CORRAL_EBADREQUEST, "empty message: expected one frame");
+        return true;
+    }
+    zmq_msg_init(&body);
+    if (zmq_msg_recv(&body, s, ZMQ_DONTWAIT) < 0) {
+        zmq_msg_close(&body);
+        return true;
+    }
+    if (has_more(s)) {
+        drain_frames(s);
+        zmq_msg_close(&body);
+        reject(l, &from, 0, CORRAL_EBADREQUEST,
+               "wrong frame count: a corral message is exactly one frame");
+        return true;
+    }
+    struct cmd c;
+    struct wire_decoded *holder = NULL;
+    uint64_t request_id = 0;
+    const char *errmsg = NULL;
+    int rc = wire_decode(zmq_msg_data(&body), zmq_msg_size(&body), side, &c, &holder, &request_id,
+                         &errmsg);
+    if (rc != CORRAL_OK)
+        reject(l, &from, request_id, rc, errmsg);
+    else
+        engine_handle(l->eng, &from, &c, now, &l->out);
+    wire_decoded_free(&holder);
+    zmq_msg_close(&body);
+    return true;
+}
+
+/* Counts the connection events the monitors report. */
+static void
+read_monitor(struct loop *l, enum peer_side side)
+{
+    for (;;) {
+        zmq_msg_t ev;
+        zmq_msg_init(&ev);
+        if (zmq_msg_recv(&ev, l->monitor[side], ZMQ_DONTWAIT) < 0) {
+            zmq_msg_close(&ev);
+            return;
+        }
+        if (zmq_msg_size(&ev) >= 2) {
+            uint16_t event;
+            memcpy(&event, zmq_msg_data(&ev), sizeof(event));
+            if (event == ZMQ_EVENT_DISCONNECTED) {
+                l->stats.disconnects++;
+                log_event(LOG_DEBUG, "peer_disconnected", "side=%s", side_name[side]);
+            }
+        }
+        zmq_msg_close(&ev);
+        drain_frames(l->monitor[side]);
+    }
+}
+
+static void
+free_buffer(void *data, void *hint)
+{
+    (void)hint;
+    free(data);
+}
+
+/* Sends one message; a vanished peer is forgotten, a full queue is counted and logged
+ * (never silently dropped). */
+static void
+send_one(struct loop *l, const struct out_msg *m)
+{
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    if (wire_encode(m, &buf, &len) != 0) {
+        log_event(LOG_ERROR, "encode_failed", "side=%s", side_name[m->to.side]);
+        return;
+    }
+    void *s = l->sock[m->to.side];
+    zmq_msg_t body;
+    zmq_msg_init_data(&body, buf, len, free_buffer, NULL);
+    if (zmq_send(s, m->to.id, m->to.len, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0 ||
+        zmq_msg_send(&body, s, ZMQ_DONTWAIT) < 0) {
+        int e = errno;
+        zmq_msg_close(&body);
+        if (e == EHOSTUNREACH) {
+            l->stats.unreachable++;
+            engine_peer_gone(l->eng, &m->to);
+        } else {
+            l->stats.send_full++;
+            log_event(LOG_WARN, "send_dropped", "side=%s reason=\"%s\" type=%d",
+                      side_name[m->to.side], zmq_strerror(e), (int)m->type);
+        }
+        return;
+    }
+    l->stats.messages_out++;
+}
+
+/* Writes the turn's rows in one transaction. */
+static int
+commit(struct loop *l)
+{
+    if (l->out.ngroups == 0 && l->out.njobs == 0)
+        return 0;
+    if (store_begin(l->store) != 0)
+        goto fail;
+    for (size_t i = 0; i < l->out.ngroups; i++)
+        if (store_put_group(l->store, &l->out.groups[i]) != 0)
+            goto fail;
+    for (size_t i = 0; i < l->out.njobs; i++)
+        if (store_put_job(l->store, &l->out.jobs[i]) != 0)
+            goto fail;
+    if (store_commit(l->store) != 0)
+        goto fail;
+    l->stats.commits++;
+    l->stats.rows += l->out.ngroups + l->out.njobs;
+    return 0;
+fail:
+    log_event(LOG_ERROR, "store_failed", "error=\"%s\"", store_errmsg(l->store));
+    store_rollback(l->store);
+    return -1;
+}
+
+/* One turn; returns 0, or -1 on a store failure. */
+static int
+turn(struct loop *l, uint64_t *next)
+{
+    uint64_t now = clock_wall_ms();
+    long wait = *next == UINT64_MAX ? MAX_SLEEP_MS : (long)(*next > now ? *next - now : 0);
+    if (wait > MAX_SLEEP_MS)
+        wait = MAX_SLEEP_MS;
+    zmq_pollitem_t items[5] = {
+        {l->sock[SIDE_CLIENT], 0, ZMQ_POLLIN, 0},
+        {l->sock[SIDE_WORKER], 0, ZMQ_POLLIN, 0},
+        {l->monitor[SIDE_CLIENT], 0, ZMQ_POLLIN, 0},
+        {l->monitor[SIDE_WORKER], 0, ZMQ_POLLIN, 0},
+        {NULL, l->sigfd, ZMQ_POLLIN, 0},
+    };
+    if (zmq_poll(items, 5, wait) < 0 && errno != EINTR)
+        return -1;
+    if (items[4].revents & ZMQ_POLLIN) {
+        struct signalfd_siginfo si;
+        if (read(l->sigfd, &si, sizeof(si)) == (ssize_t)sizeof(si))
+            log_event(LOG_INFO, "signal", "signal=%u", si.ssi_signo);
+        l->stopping = true;
+    }
+    for (int side = 0; side < 2; side++)
+        if (items[2 + side].revents & ZMQ_POLLIN)
+            read_monitor(l, (enum peer_side)side);
+
+    now = clock_wall_ms();
+    /* Alternate between the sides so neither starves the other. */
+    for (int n = 0; n < TURN_BATCH;) {
+        bool got = false;
+        for (int side = 0; side < 2; side++)
+            if (receive_one(l, (enum peer_side)side, now)) {
+                got = true;
+                n++;
+            }
+        if (!got)
+            break;
+    }
+    *next = engine_tick(l->eng, now, &l->out);
+    if (l->stopping)
+        engine_shutdown(l->eng, &l->out);
+    engine_flush(l->eng, &l->out);
+    if (commit(l) != 0)
+        return -1;
+    for (size_t i = 0; i < l->out.nmsgs; i++)
+        send_one(l, &l->out.msgs[i]);
+    outbox_reset(&l->out);
+    engine_end_turn(l->eng);
+    l->stats.turns++;
+    return 0;
+}
+
+int
+loop_run(struct loop *l)
+{
+    uint64_t next = 0;
+    while (!l->stopping)
+        if (turn(l, &next) != 0)
+            return -1;
+    return 0;
+}

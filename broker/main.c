@@ -1,0 +1,149 @@
+/* main.c - corrald: arguments and environment, signals, recovery and wiring. The only
+ * file that may exit(). Exit status: 0 after SIGTERM/SIGINT, 1 on a runtime failure
+ * (store, sockets), 2 on invalid configuration. */
+#include "clock.h"
+#include "config.h"
+#include "engine.h"
+#include "log.h"
+#include "loop.h"
+#include "store.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/signalfd.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#ifndef CORRAL_VERSION
+#define CORRAL_VERSION "0.1.0"
+#endif
+
+/* Blocks SIGTERM and SIGINT in this thread before any library starts a thread (threads
+ * inherit the mask) and returns a signalfd that the loop polls. */
+static int
+signals_to_fd(void)
+{
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    if (sigprocmask(SIG_BLOCK, &set, NULL) != 0)
+        return -1;
+    signal(SIGPIPE, SIG_IGN);
+    return signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
+}
+
+/* Counts what was recovered for the start-up log line. */
+struct recovery {
+    struct engine *eng;
+    size_t groups;
+    size_t jobs;
+};
+
+static int
+count_group(void *arg, const struct group_row *row)
+{
+    struct recovery *r = arg;
+    r->groups++;
+    return engine_restore_group(r->eng, row);
+}
+
+static int
+count_job(void *arg, const struct job_row *row)
+{
+    struct recovery *r = arg;
+    r->jobs++;
+    return engine_restore_job(r->eng, row);
+}
+
+int
+main(int argc, char **argv)
+{
+    struct config cfg;
+    char err[1024] = "";
+    switch (config_parse(&cfg, argc, argv, err, sizeof(err))) {
+    case CONFIG_HELP:
+        config_usage(stdout);
+        return 0;
+    case CONFIG_VERSION:
+        printf("corrald %s (protocol 1)\n", CORRAL_VERSION);
+        return 0;
+    case CONFIG_ERROR:
+        fprintf(stderr, "corrald: %s\n", err);
+        return 2;
+    case CONFIG_OK:
+        break;
+    }
+    log_setup(cfg.log_level, cfg.log_format);
+
+    int status = 1;
+    struct store *store = NULL;
+    struct engine *eng = NULL;
+    struct loop *loop = NULL;
+    int sigfd = signals_to_fd();
+    if (sigfd < 0) {
+        log_event(LOG_ERROR, "start_failed", "error=\"signalfd: %s\"", strerror(errno));
+        goto out;
+    }
+    if (mkdir(cfg.data_dir, 0700) != 0 && errno != EEXIST) {
+        log_event(LOG_ERROR, "start_failed", "error=\"cannot create data dir %s: %s\"",
+                  cfg.data_dir, strerror(errno));
+        goto out;
+    }
+    log_event(LOG_INFO, "start", "version=%s data_dir=%s sync=%s", CORRAL_VERSION, cfg.data_dir,
+              cfg.sync == STORE_SYNC_FULL ? "full" : "normal");
+    if (store_open(&store, cfg.data_dir, cfg.sync, err, sizeof(err)) != 0) {
+        log_event(LOG_ERROR, "start_failed", "error=\"%s\"", err);
+        goto out;
+    }
+    struct engine_config ecfg = {
+        .heartbeat_interval_ms = (uint32_t)cfg.heartbeat_interval_ms,
+        .heartbeat_timeout_ms = (uint32_t)cfg.heartbeat_timeout_ms,
+        .cancel_resend_ms = (uint32_t)cfg.cancel_resend_ms,
+        .max_payload = cfg.max_payload,
+    };
+    if (engine_new(&eng, &ecfg) != 0)
+        goto out;
+
+    uint64_t t0 = clock_mono_ms();
+    struct recovery rec = {.eng = eng};
+    struct outbox ob;
+    outbox_init(&ob);
+    int rc = store_load(store, count_group, count_job, &rec);
+    if (rc == 0)
+        rc = engine_restore_finish(eng, clock_wall_ms(), &ob);
+    outbox_fini(&ob);
+    if (rc != 0) {
+        log_event(LOG_ERROR, "recovery_failed", "error=\"%s\"",
+                  rc < 0 ? store_errmsg(store) : "inconsistent database");
+        goto out;
+    }
+    const struct engine_stats *st = engine_stats(eng);
+    log_event(LOG_INFO, "recovered", "groups=%zu jobs=%zu queued=%llu reclaimable=%llu ms=%llu",
+              rec.groups, rec.jobs, (unsigned long long)st->queued,
+              (unsigned long long)st->reclaimable, (unsigned long long)(clock_mono_ms() - t0));
+
+    if (loop_new(&loop, &cfg, eng, store, sigfd, err, sizeof(err)) != 0) {
+        log_event(LOG_ERROR, "start_failed", "error=\"%s\"", err);
+        goto out;
+    }
+    log_event(LOG_INFO, "ready", "client_endpoint=%s worker_endpoint=%s", cfg.client_endpoint,
+              cfg.worker_endpoint);
+    if (loop_run(loop) == 0) {
+        const struct loop_stats *ls = loop_stats(loop);
+        log_event(LOG_INFO, "shutdown", "turns=%llu commits=%llu rows=%llu malformed=%llu",
+                  (unsigned long long)ls->turns, (unsigned long long)ls->commits,
+                  (unsigned long long)ls->rows, (unsigned long long)ls->malformed);
+        status = 0;
+    }
+out:
+    loop_free(&loop);
+    engine_free(&eng);
+    store_close(&store);
+    if (sigfd >= 0)
+        close(sigfd);
+    return status;
+}

@@ -1,0 +1,91 @@
+/* model.h - the vocabulary shared by wire, engine and store: node states, outcomes,
+ * cancel sources and the rows the engine asks the store to write. No I/O, no library
+ * headers: the values match proto/corral.proto so that wire.c maps them one to one. */
+#ifndef CORRAL_MODEL_H
+#define CORRAL_MODEL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Longest id string ("g" or "j" and a decimal uint64) plus its NUL. */
+#define MODEL_ID_MAX 24
+
+enum node_type { NODE_GROUP = 0, NODE_JOB = 1 };
+
+enum node_state {
+    ST_NONE = 0,
+    ST_QUEUED = 1,
+    ST_RUNNING = 2,
+    ST_CANCELLING = 3,
+    ST_ENDED = 4,
+    ST_OPEN = 5,
+    ST_CLOSED = 6,
+    ST_WAITING = 7,
+    ST_RETRY_WAIT = 8,
+};
+
+enum outcome { OUT_NONE = 0, OUT_SUCCEEDED = 1, OUT_FAILED = 2, OUT_CANCELLED = 3 };
+
+enum cancel_source {
+    SRC_NONE = 0,
+    SRC_EXPLICIT = 1,
+    SRC_DEADLINE = 2,
+    SRC_SIBLING_FAILED = 3,
+    SRC_PARENT = 4,
+};
+
+/* Where a group hangs: nowhere (a root), under a group, or under a job that opened it. */
+enum parent_type { PARENT_NONE = 0, PARENT_GROUP = 1, PARENT_JOB = 2 };
+
+/* A borrowed byte string. */
+struct bytes {
+    const uint8_t *data;
+    size_t len;
+};
+
+/* One group as stored. Strings and bytes are borrowed for the duration of the call that
+ * receives the row. failed_seq orders child failures in the parent's exception group
+ * (0: not part of it). */
+struct group_row {
+    uint64_t id;
+    enum parent_type parent_type;
+    uint64_t parent_id;
+    enum node_state state;
+    enum outcome outcome;
+    bool closed;
+    bool cancel_called;
+    bool cancelled_caught;
+    enum cancel_source cancel_source;
+    const char *cancel_reason; /* NULL: none */
+    uint64_t failed_seq;
+    uint64_t created_ms;
+    uint64_t ended_ms;
+    bool is_new; /* true: not yet in the store (INSERT); false: UPDATE */
+};
+
+/* One job as stored; same conventions as group_row. The payload is written only when
+ * is_new is true (it never changes). */
+struct job_row {
+    uint64_t id;
+    uint64_t group_id;
+    const char *kind;
+    struct bytes payload;
+    enum node_state state;
+    enum outcome outcome;
+    uint32_t attempt;
+    struct bytes result;
+    const char *err_type; /* NULL unless FAILED */
+    const char *err_message;
+    struct bytes err_details;
+    bool cancel_called;
+    bool cancelled_caught;
+    enum cancel_source cancel_source;
+    const char *cancel_reason;
+    uint64_t failed_seq;
+    uint64_t created_ms;
+    uint64_t ended_ms;
+    bool is_new;
+};
+
+#endif

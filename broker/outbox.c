@@ -1,0 +1,106 @@
+/* outbox.c - the effects of one loop turn: messages to send and rows to write, in
+ * growable arrays (capacity doubles) plus an arena for the strings and trees the engine
+ * builds for them. outbox_reset() empties everything but keeps the buffers. */
+#include "cmd.h"
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* First capacity of each array. */
+#define OUTBOX_MIN_CAP 16
+
+/* Makes room for one more element of size elem in *arr (capacity *cap, count n),
+ * doubling the capacity when full. Returns false when out of memory (the array is then
+ * unchanged). */
+static bool
+grow(void **arr, size_t *cap, size_t n, size_t elem)
+{
+    if (n < *cap)
+        return true;
+    size_t ncap = *cap == 0 ? OUTBOX_MIN_CAP : *cap;
+    if (*cap != 0) {
+        if (ncap > SIZE_MAX / 2)
+            return false;
+        ncap *= 2;
+    }
+    if (ncap > SIZE_MAX / elem)
+        return false;
+    void *p = realloc(*arr, ncap * elem);
+    if (p == NULL)
+        return false;
+    *arr = p;
+    *cap = ncap;
+    return true;
+}
+
+/* Initializes an empty outbox; it allocates nothing until used. */
+void
+outbox_init(struct outbox *ob)
+{
+    memset(ob, 0, sizeof(*ob));
+    arena_init(&ob->arena);
+}
+
+/* Empties the outbox for the next turn, keeping the arrays and the arena's first chunk. */
+void
+outbox_reset(struct outbox *ob)
+{
+    ob->nmsgs = 0;
+    ob->ngroups = 0;
+    ob->njobs = 0;
+    arena_reset(&ob->arena);
+}
+
+/* Frees everything the outbox holds; it is left empty, as after outbox_init(). */
+void
+outbox_fini(struct outbox *ob)
+{
+    free(ob->msgs);
+    free(ob->groups);
+    free(ob->jobs);
+    arena_fini(&ob->arena);
+    outbox_init(ob);
+}
+
+/* Appends a zeroed message of the given type addressed to *to (borrowed, copied; NULL
+ * leaves the peer zeroed) and returns it, owned by the outbox and valid until the next
+ * append, reset or fini. NULL when out of memory. */
+struct out_msg *
+outbox_msg(struct outbox *ob, enum out_type type, const struct peer *to)
+{
+    void *arr = ob->msgs;
+    if (!grow(&arr, &ob->capmsgs, ob->nmsgs, sizeof(struct out_msg)))
+        return NULL;
+    ob->msgs = arr;
+    struct out_msg *m = &ob->msgs[ob->nmsgs++];
+    memset(m, 0, sizeof(*m));
+    m->type = type;
+    if (to != NULL)
+        m->to = *to;
+    return m;
+}
+
+/* Appends a copy of *row (its pointers stay borrowed); false when out of memory. */
+bool
+outbox_group_row(struct outbox *ob, const struct group_row *row)
+{
+    void *arr = ob->groups;
+    if (!grow(&arr, &ob->capgroups, ob->ngroups, sizeof(struct group_row)))
+        return false;
+    ob->groups = arr;
+    ob->groups[ob->ngroups++] = *row;
+    return true;
+}
+
+/* Appends a copy of *row (its pointers stay borrowed); false when out of memory. */
+bool
+outbox_job_row(struct outbox *ob, const struct job_row *row)
+{
+    void *arr = ob->jobs;
+    if (!grow(&arr, &ob->capjobs, ob->njobs, sizeof(struct job_row)))
+        return false;
+    ob->jobs = arr;
+    ob->jobs[ob->njobs++] = *row;
+    return true;
+}

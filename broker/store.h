@@ -1,0 +1,50 @@
+/* store.h - durable state in SQLite (the only module that includes sqlite3.h).
+ *
+ * One database file, <data-dir>/corral.db, in WAL mode, with a versioned schema
+ * (PRAGMA user_version, ordered migrations). The loop writes all rows of one turn
+ * inside one transaction (store_begin .. store_commit) and sends replies only after
+ * store_commit returned 0. Rows are struct group_row / struct job_row (model.h).
+ */
+#ifndef CORRAL_STORE_H
+#define CORRAL_STORE_H
+
+#include "model.h"
+
+#include <stdint.h>
+
+struct store;
+
+enum store_sync { STORE_SYNC_FULL = 0, STORE_SYNC_NORMAL = 1 };
+
+/* Opens (creating if missing) <dir>/corral.db, migrating its schema to the current
+ * version; dir must exist. On failure returns -1 and writes a message into err
+ * (errlen bytes). Returns owned *out. */
+int store_open(struct store **out, const char *dir, enum store_sync sync, char *err, size_t errlen);
+/* Closes the database (checkpointing the WAL). Accepts NULL; sets *p to NULL. */
+void store_close(struct store **p);
+
+/* The schema version the database is at (PRAGMA user_version). */
+int store_schema_version(const struct store *s);
+
+/* One transaction per loop turn. Each returns 0, or -1 with store_errmsg() set. After a
+ * failed put or commit the caller must call store_rollback(). */
+int store_begin(struct store *s);
+/* Writes a group: INSERT when row->is_new, else UPDATE of every mutable column.
+ * The row is borrowed. */
+int store_put_group(struct store *s, const struct group_row *row);
+/* Writes a job: INSERT (with payload) when row->is_new, else UPDATE of every mutable
+ * column (the payload never changes). The row is borrowed. */
+int store_put_job(struct store *s, const struct job_row *row);
+int store_commit(struct store *s);
+int store_rollback(struct store *s);
+
+/* Reads everything back at start: every group in id order, then every job in id order,
+ * calling the callbacks with rows borrowed for the duration of the call (is_new false).
+ * A callback returning non-zero stops the load and is returned. */
+int store_load(struct store *s, int (*on_group)(void *arg, const struct group_row *row),
+               int (*on_job)(void *arg, const struct job_row *row), void *arg);
+
+/* The last SQLite error message (borrowed, never NULL). */
+const char *store_errmsg(const struct store *s);
+
+#endif

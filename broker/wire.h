@@ -1,0 +1,28 @@
+/* wire.h - protobuf-c <-> plain C (struct cmd in, struct out_msg out). Pure: no I/O.
+ * protobuf-c types never leave wire.c. */
+#ifndef CORRAL_WIRE_H
+#define CORRAL_WIRE_H
+
+#include "cmd.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct wire_decoded;
+
+/* Decodes one message body received from a peer on the given side into *cmd, whose
+ * pointers borrow from *holder (returned owned; free with wire_decoded_free after
+ * handling). On failure returns a corral_err code (CORRAL_EBADREQUEST for malformed or
+ * truncated input, a broker-to-peer body, a request sent to the wrong endpoint or a
+ * missing required field; CORRAL_EVERSION for a version other than 1), sets
+ * *request_id when it could be read (else 0) and *errmsg to a static human message, and
+ * leaves *holder NULL. */
+int wire_decode(const uint8_t *buf, size_t len, enum peer_side side, struct cmd *cmd,
+                struct wire_decoded **holder, uint64_t *request_id, const char **errmsg);
+void wire_decoded_free(struct wire_decoded **p);
+
+/* Serializes m (borrowed) as an Envelope of version 1 into a malloc'd buffer returned
+ * owned in *buf and *len. Returns 0 or CORRAL_ENOMEM. */
+int wire_encode(const struct out_msg *m, uint8_t **buf, size_t *len);
+
+#endif
