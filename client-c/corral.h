@@ -1,0 +1,290 @@
+/* corral.h - the C client library of corral (libcorral).
+ *
+ * Two roles, two objects:
+ *   struct corral_client  opens groups, submits jobs, cancels, waits and reads trees.
+ *                         One DEALER socket; every call blocks until the broker's reply
+ *                         or the client's timeout. Not thread-safe: use one per thread.
+ *   struct corral_worker  serves job kinds. A background thread owns its socket, sends
+ *                         heartbeats on its own (a job may compute for minutes without
+ *                         calling the library), re-registers after a reconnect and
+ *                         re-sends reports the broker has not acknowledged. Its
+ *                         functions may be called from any thread.
+ *
+ * Conventions: functions return an enum corral_err (0 = CORRAL_OK) and give results
+ * through out-parameters, which are untouched on error. "Returns owned" results are
+ * freed by the caller with the matching _free function, which accepts NULL and sets the
+ * pointer to NULL. Strings passed in are borrowed for the duration of the call. After an
+ * error returned by the broker, corral_client_last_error() gives its human message.
+ */
+#ifndef CORRAL_H
+#define CORRAL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Longest group or job id, including the terminating NUL. Ids are opaque strings. */
+#define CORRAL_ID_MAX 24
+
+/* The protocol version this library speaks. */
+#define CORRAL_PROTOCOL_VERSION 1
+
+/* Default endpoints of corrald. */
+#define CORRAL_DEFAULT_CLIENT_ENDPOINT "tcp://127.0.0.1:7700"
+#define CORRAL_DEFAULT_WORKER_ENDPOINT "tcp://127.0.0.1:7701"
+
+/* Error codes. 1..99 are the broker's codes (proto ErrorCode, same numbers); 100 and up
+ * are raised locally by the library. */
+enum corral_err {
+    CORRAL_OK = 0,
+    CORRAL_EBADREQUEST = 1,    /* the broker could not parse the request */
+    CORRAL_EVERSION = 2,       /* unsupported protocol version */
+    CORRAL_ENOTFOUND = 3,      /* unknown group or job id */
+    CORRAL_ENOTACTIVE = 4,     /* the group has ended */
+    CORRAL_ETOOLARGE = 5,      /* payload, result, value or details over the broker's limit */
+    CORRAL_EBUSY = 6,          /* the broker is at capacity; retry later */
+    CORRAL_ESTALE = 7,         /* a report for an attempt that is no longer current */
+    CORRAL_EWRONGSTATE = 8,    /* the request does not apply in the node's state */
+    CORRAL_EUNKNOWNWORKER = 9, /* the worker is not registered (handled internally) */
+    CORRAL_EINTERNAL = 10,     /* the broker failed; the request had no effect */
+    CORRAL_ESHUTDOWN = 11,     /* the broker is shutting down */
+    CORRAL_ETIMEDOUT = 100,    /* no answer within the timeout */
+    CORRAL_EIO = 101,          /* socket error */
+    CORRAL_ENOMEM = 102,       /* out of memory */
+    CORRAL_EINVAL = 103,       /* invalid argument */
+    CORRAL_EPROTO = 104,       /* the broker sent something this library cannot parse */
+    CORRAL_ECLOSED = 105,      /* the worker has been stopped */
+};
+
+/* A static, human-readable name for an error code ("not found", ...). Never NULL. */
+const char *corral_strerror(int err);
+
+enum corral_node_type { CORRAL_NODE_GROUP = 0, CORRAL_NODE_JOB = 1 };
+
+enum corral_state {
+    CORRAL_STATE_UNSPECIFIED = 0,
+    CORRAL_STATE_QUEUED = 1,
+    CORRAL_STATE_RUNNING = 2,
+    CORRAL_STATE_CANCELLING = 3,
+    CORRAL_STATE_ENDED = 4,
+    CORRAL_STATE_OPEN = 5,
+    CORRAL_STATE_CLOSED = 6,
+    CORRAL_STATE_WAITING = 7,
+    CORRAL_STATE_RETRY_WAIT = 8,
+};
+
+enum corral_outcome {
+    CORRAL_OUTCOME_NONE = 0,
+    CORRAL_OUTCOME_SUCCEEDED = 1,
+    CORRAL_OUTCOME_FAILED = 2,
+    CORRAL_OUTCOME_CANCELLED = 3,
+};
+
+enum corral_cancel_source {
+    CORRAL_SOURCE_NONE = 0,
+    CORRAL_SOURCE_EXPLICIT = 1,
+    CORRAL_SOURCE_DEADLINE = 2,
+    CORRAL_SOURCE_SIBLING_FAILED = 3,
+    CORRAL_SOURCE_PARENT = 4,
+};
+
+/* Names as used in the --json tree: "QUEUED", "SUCCEEDED", "sibling_failed"; NULL for
+ * CORRAL_OUTCOME_NONE and CORRAL_SOURCE_NONE. */
+const char *corral_state_name(enum corral_state s);
+const char *corral_outcome_name(enum corral_outcome o);
+const char *corral_source_name(enum corral_cancel_source s);
+
+/* An error: a job's error, or an exception group (type "ExceptionGroup", group set,
+ * exceptions holding every child error in the order they happened, nested). */
+struct corral_error {
+    char *type;
+    char *message;
+    char *job;   /* NULL unless a job's error */
+    char *group; /* NULL unless an exception group */
+    uint8_t *details;
+    size_t details_len;
+    struct corral_error *exceptions;
+    size_t nexceptions;
+};
+
+/* A node of a group's tree. Strings are NUL-terminated; result is also NUL-terminated
+ * (the NUL is not counted in result_len). */
+struct corral_node {
+    enum corral_node_type type;
+    char *id;
+    char *kind;   /* jobs; NULL for groups */
+    char *parent; /* NULL for a root group */
+    enum corral_state state;
+    enum corral_outcome outcome;
+    uint8_t *result; /* jobs that succeeded */
+    size_t result_len;
+    struct corral_error *error; /* FAILED nodes; NULL otherwise */
+    uint32_t attempt;
+    bool cancel_called;
+    bool cancelled_caught;
+    enum corral_cancel_source cancel_source;
+    char *cancel_reason;          /* NULL when none */
+    bool closed;                  /* groups */
+    struct corral_node *children; /* groups: children in submission order */
+    size_t nchildren;
+    struct corral_node *groups; /* jobs: groups the job opened */
+    size_t ngroups;
+};
+
+/* Frees a tree returned by the library. */
+void corral_node_free(struct corral_node **p);
+
+/* ------------------------------------------------------------------ client */
+
+struct corral_client;
+
+/* Connects to the broker's client endpoint (NULL: CORRAL_DEFAULT_CLIENT_ENDPOINT).
+ * timeout_ms bounds every blocking call but corral_group_wait (which has its own);
+ * the connection itself is lazy, so a broker that is down shows as CORRAL_ETIMEDOUT on
+ * the first call. Returns owned *out. */
+int corral_client_new(struct corral_client **out, const char *endpoint, int timeout_ms);
+void corral_client_free(struct corral_client **p);
+
+/* The broker's message for the last call that failed with a broker code, else a
+ * description of the local error. Borrowed; valid until the next call. */
+const char *corral_client_last_error(const struct corral_client *c);
+
+/* Opens a group. parent_group and parent_job: at most one non-NULL; neither: a root.
+ * Writes the id into id_out. *cancelled (may be NULL) is set when the parent scope was
+ * already cancelled (the new group is cancelled at once). */
+int corral_group_open(struct corral_client *c, const char *parent_group, const char *parent_job,
+                      char id_out[CORRAL_ID_MAX], bool *cancelled);
+
+/* Submits a job of the given kind into an active group. payload (borrowed) may be NULL
+ * when len is 0. *cancelled (may be NULL) is set when the group was already cancelled:
+ * the job is recorded CANCELLED and never runs. CORRAL_ENOTACTIVE: the group ended. */
+int corral_submit(struct corral_client *c, const char *group, const char *kind, const void *payload,
+                  size_t len, char id_out[CORRAL_ID_MAX], bool *cancelled);
+
+/* Closes a group (the owner left its block). Idempotent. */
+int corral_group_close(struct corral_client *c, const char *group);
+
+/* Cancels a group and its subtree, or one job. reason may be NULL. Idempotent; the
+ * first cancel's source and reason are kept. */
+int corral_group_cancel(struct corral_client *c, const char *group, const char *reason);
+int corral_job_cancel(struct corral_client *c, const char *job, const char *reason);
+
+/* Reads a group's tree now. Returns owned *out. */
+int corral_group_tree(struct corral_client *c, const char *group, struct corral_node **out);
+
+/* Blocks until the group has ended (it does not close it) or timeout_ms passes
+ * (negative: forever); returns the ended group's tree, owned. CORRAL_ETIMEDOUT on timeout. */
+int corral_group_wait(struct corral_client *c, const char *group, int timeout_ms,
+                      struct corral_node **out);
+
+/* ---- pipelined submits: many in flight, replies collected later ---- */
+
+struct corral_submit_result {
+    uint64_t token; /* the value corral_submit_async gave */
+    int err;        /* CORRAL_OK or the broker's code */
+    char id[CORRAL_ID_MAX];
+    bool cancelled;
+};
+
+/* Sends a submission without waiting for its reply; *token identifies the reply later.
+ * Never blocks on the network beyond the socket's send queue. */
+int corral_submit_async(struct corral_client *c, const char *group, const char *kind,
+                        const void *payload, size_t len, uint64_t *token);
+
+/* Takes the next reply to a pipelined submission, waiting up to timeout_ms (0: poll,
+ * negative: forever). CORRAL_ETIMEDOUT when none arrived. */
+int corral_submit_collect(struct corral_client *c, int timeout_ms,
+                          struct corral_submit_result *out);
+
+/* Number of pipelined submissions whose replies have not been collected. */
+size_t corral_submit_pending(const struct corral_client *c);
+
+/* ---- events ---- */
+
+enum corral_event_type {
+    CORRAL_EVENT_JOB_DISPATCHED = 1,
+    CORRAL_EVENT_JOB_STARTED = 2,
+    CORRAL_EVENT_JOB_ENDED = 3,
+    CORRAL_EVENT_GROUP_CANCELLING = 4,
+    CORRAL_EVENT_GROUP_ENDED = 5,
+};
+
+struct corral_event {
+    enum corral_event_type type;
+    char subscription[CORRAL_ID_MAX]; /* the subscribed group */
+    struct corral_node *node;         /* the node that changed, without children */
+};
+
+/* Subscribes to every change in a group's subtree until the group ends. */
+int corral_subscribe(struct corral_client *c, const char *group);
+
+/* Takes the next event, waiting up to timeout_ms (0: poll, negative: forever).
+ * Returns owned *out. CORRAL_ETIMEDOUT when none arrived. */
+int corral_next_event(struct corral_client *c, int timeout_ms, struct corral_event **out);
+void corral_event_free(struct corral_event **p);
+
+/* ------------------------------------------------------------------ worker */
+
+struct corral_worker;
+struct corral_job;
+
+/* Registers a worker for the given kinds (borrowed) with the given concurrency (> 0)
+ * at the broker's worker endpoint (NULL: CORRAL_DEFAULT_WORKER_ENDPOINT), and starts its
+ * background thread. Does not wait for the broker. Returns owned *out. */
+int corral_worker_new(struct corral_worker **out, const char *endpoint, const char *const *kinds,
+                      size_t nkinds, unsigned concurrency);
+
+/* Stops the background thread and closes the socket. Jobs not yet reported stay
+ * RUNNING at the broker until their worker is declared lost. Jobs obtained from this
+ * worker must be freed before it. */
+void corral_worker_free(struct corral_worker **p);
+
+/* Takes the next dispatched job, waiting up to timeout_ms (0: poll, negative: forever).
+ * Returns owned *out. CORRAL_ETIMEDOUT when none arrived. Never more than the stated
+ * concurrency of jobs are handed out before they are reported. */
+int corral_worker_next(struct corral_worker *w, int timeout_ms, struct corral_job **out);
+
+/* A file descriptor that is readable while corral_worker_next has a job to return
+ * without blocking (for poll()). Borrowed; valid for the worker's life. */
+int corral_worker_fd(const struct corral_worker *w);
+
+/* Accessors; strings and the payload are borrowed for the job's life. */
+const char *corral_job_id(const struct corral_job *j);
+uint32_t corral_job_attempt(const struct corral_job *j);
+const char *corral_job_kind(const struct corral_job *j);
+const char *corral_job_group(const struct corral_job *j);
+const void *corral_job_payload(const struct corral_job *j, size_t *len);
+
+/* True once the broker has asked to cancel the job. The fd (borrowed) becomes readable
+ * at that moment and stays readable. Source and reason describe the cancel. */
+bool corral_job_cancelled(const struct corral_job *j);
+int corral_job_cancel_fd(const struct corral_job *j);
+enum corral_cancel_source corral_job_cancel_source(const struct corral_job *j);
+const char *corral_job_cancel_reason(const struct corral_job *j); /* "" when none */
+
+/* Signals readiness with a value; blocks until the broker's reply (CORRAL_ETIMEDOUT
+ * after the worker's timeout). An error says the broker refused it (e.g. started twice,
+ * CORRAL_EWRONGSTATE). */
+int corral_job_started(struct corral_job *j, const void *value, size_t len);
+
+/* Reports the job's end: a result, an error, or (after a cancel) that it stopped. These
+ * return once the report is queued; the library delivers it at least once, re-sending
+ * it after a reconnect until the broker has acknowledged it. Only the first report of a
+ * job counts; later ones return CORRAL_EWRONGSTATE. */
+int corral_job_done(struct corral_job *j, const void *result, size_t len);
+int corral_job_fail(struct corral_job *j, const char *type, const char *message,
+                    const void *details, size_t len);
+int corral_job_ack_cancel(struct corral_job *j);
+
+/* Frees a job. A job freed without a report stays RUNNING at the broker. */
+void corral_job_free(struct corral_job **p);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

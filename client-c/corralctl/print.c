@@ -1,0 +1,468 @@
+/* print.c - text and JSON renderings of a group's tree for corralctl. */
+#include "print.h"
+
+#include <inttypes.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "json.h"
+
+/* Longest result shown on a tree line, and longest error message, in output columns. */
+#define RESULT_SHOWN_MAX 60
+#define ERROR_SHOWN_MAX  120
+
+/* Python's traceback limits: sub-exceptions listed per group, and nesting depth. */
+#define EG_MAX_WIDTH 15
+#define EG_MAX_DEPTH 10
+
+/* ------------------------------------------------------------------ escaped text */
+
+/* How put_text() renders line breaks. */
+enum nl_mode {
+    NL_ESCAPE, /* as the two characters \n */
+    NL_BREAK,  /* as a line break followed by a prefix */
+};
+
+/* Writes the len bytes at s for a terminal: printable ASCII and valid UTF-8 as they are,
+ * other bytes as C escapes (\t, \xNN), '"' and '\\' escaped when quoted. Newlines follow
+ * mode (NL_BREAK writes nl_prefix after each). At most max columns of escaped text are
+ * written (0: no limit); returns true when the text was cut short. */
+static bool
+put_text(FILE *f, const void *s, size_t len, size_t max, bool quoted, enum nl_mode mode,
+         const char *nl_prefix)
+{
+    const uint8_t *p = s;
+    size_t cols = 0;
+    size_t i = 0;
+    while (i < len) {
+        char buf[8];
+        const char *out = buf;
+        size_t k = 1;
+        uint8_t c = p[i];
+        if (c == '\n' && mode == NL_BREAK) {
+            fputc('\n', f);
+            fputs(nl_prefix, f);
+            i++;
+            continue;
+        }
+        if (c == '\n') {
+            out = "\\n";
+        } else if (c == '\t') {
+            out = "\\t";
+        } else if (c == '\r') {
+            out = "\\r";
+        } else if (quoted && c == '"') {
+            out = "\\\"";
+        } else if (quoted && c == '\\') {
+            out = "\\\\";
+        } else if (c < 0x20 || c == 0x7F) {
+            snprintf(buf, sizeof(buf), "\\x%02x", (unsigned)c);
+        } else if (c < 0x80) {
+            buf[0] = (char)c;
+            buf[1] = '\0';
+        } else {
+            k = utf8_seq_len(p + i, len - i);
+            if (k == 0) {
+                k = 1;
+                snprintf(buf, sizeof(buf), "\\x%02x", (unsigned)c);
+            } else {
+                memcpy(buf, p + i, k);
+                buf[k] = '\0';
+            }
+        }
+        size_t w = (k > 1) ? 1 : strlen(out); /* a multi-byte character is one column */
+        if (max > 0 && cols + w > max)
+            return true;
+        fputs(out, f);
+        cols += w;
+        i += k;
+    }
+    return false;
+}
+
+/* Length of text once its trailing line breaks are dropped. */
+static size_t
+trimmed_len(const char *text)
+{
+    size_t n = strlen(text);
+    while (n > 0 && (text[n - 1] == '\n' || text[n - 1] == '\r'))
+        n--;
+    return n;
+}
+
+/* ------------------------------------------------------------------ exception groups */
+
+/* True when e is an exception group (it lists sub-exceptions). */
+static bool
+is_group_error(const struct corral_error *e)
+{
+    return e->nexceptions > 0 || (e->type != NULL && strcmp(e->type, "ExceptionGroup") == 0);
+}
+
+/* Mirrors Python's traceback._ExceptionPrintContext. */
+struct eg_ctx {
+    FILE *f;
+    unsigned depth;  /* exception_group_depth */
+    bool need_close; /* the closing rule of the innermost listing is still owed */
+};
+
+/* Writes the indentation of the current depth (Python's indent()). */
+static void
+eg_indent(struct eg_ctx *c)
+{
+    for (unsigned i = 0; i < c->depth; i++)
+        fputs("  ", c->f);
+}
+
+/* Writes the prefix of an emitted line: indentation, then a margin inside a group. */
+static void
+eg_margin(struct eg_ctx *c, char *prefix, size_t size)
+{
+    size_t n = 0;
+    for (unsigned i = 0; i < c->depth && n + 2 < size; i++) {
+        prefix[n++] = ' ';
+        prefix[n++] = ' ';
+    }
+    if (c->depth > 0 && n + 2 < size) {
+        prefix[n++] = '|';
+        prefix[n++] = ' ';
+    }
+    prefix[n] = '\0';
+}
+
+/* Emits one exception's "Type: message (job ID)" line(s), every line with the margin. */
+static void
+eg_emit_exception(struct eg_ctx *c, const struct corral_error *e, size_t nsub)
+{
+    char prefix[2 * (EG_MAX_DEPTH + 3) + 3];
+    eg_margin(c, prefix, sizeof(prefix));
+    const char *type = e->type != NULL && e->type[0] != '\0' ? e->type : "Error";
+    const char *msg = e->message != NULL ? e->message : "";
+    fputs(prefix, c->f);
+    put_text(c->f, type, strlen(type), 0, false, NL_ESCAPE, NULL);
+    if (is_group_error(e)) {
+        /* Python shows str(eg): "message (N sub-exceptions)"; the broker's message may
+         * already carry that suffix. */
+        char suffix[64];
+        snprintf(suffix, sizeof(suffix), " (%zu sub-exception%s)", nsub, nsub == 1 ? "" : "s");
+        size_t mlen = trimmed_len(msg), slen = strlen(suffix);
+        bool has_suffix = mlen >= slen && memcmp(msg + mlen - slen, suffix, slen) == 0;
+        fputs(": ", c->f);
+        if (mlen > 0)
+            put_text(c->f, msg, mlen, 0, false, NL_BREAK, prefix);
+        else
+            fprintf(c->f, "unhandled errors in group %s", e->group != NULL ? e->group : "?");
+        fprintf(c->f, "%s\n", has_suffix ? "" : suffix);
+        return;
+    }
+    size_t mlen = trimmed_len(msg);
+    if (mlen > 0) {
+        fputs(": ", c->f);
+        put_text(c->f, msg, mlen, 0, false, NL_BREAK, prefix);
+    }
+    if (e->job != NULL)
+        fprintf(c->f, " (job %s)", e->job);
+    else if (e->group != NULL)
+        fprintf(c->f, " (group %s)", e->group);
+    fputc('\n', c->f);
+}
+
+/* Emits one plain line of text with the margin. */
+static void
+eg_emit_line(struct eg_ctx *c, const char *text)
+{
+    char prefix[2 * (EG_MAX_DEPTH + 3) + 3];
+    eg_margin(c, prefix, sizeof(prefix));
+    fprintf(c->f, "%s%s\n", prefix, text);
+}
+
+/* Formats e at the context's depth; a transcription of Python 3.11's
+ * TracebackException.format() for exceptions without a traceback. */
+static void
+eg_format(struct eg_ctx *c, const struct corral_error *e)
+{
+    if (!is_group_error(e)) {
+        eg_emit_exception(c, e, 0);
+        return;
+    }
+    if (c->depth > EG_MAX_DEPTH) {
+        char line[64];
+        snprintf(line, sizeof(line), "... (max_group_depth is %d)", EG_MAX_DEPTH);
+        eg_emit_line(c, line);
+        return;
+    }
+    bool toplevel = c->depth == 0;
+    if (toplevel)
+        c->depth++;
+    eg_emit_exception(c, e, e->nexceptions);
+    size_t n = e->nexceptions <= EG_MAX_WIDTH ? e->nexceptions : EG_MAX_WIDTH + 1;
+    c->need_close = false;
+    for (size_t i = 0; i < n; i++) {
+        bool last = i == n - 1;
+        if (last)
+            c->need_close = true; /* a nested group's listing may close it instead */
+        bool truncated = i >= EG_MAX_WIDTH;
+        eg_indent(c);
+        fputs(i == 0 ? "+-" : "  ", c->f);
+        if (truncated)
+            fputs("+---------------- ... ----------------\n", c->f);
+        else
+            fprintf(c->f, "+---------------- %zu ----------------\n", i + 1);
+        c->depth++;
+        if (!truncated) {
+            eg_format(c, &e->exceptions[i]);
+        } else {
+            char line[80];
+            size_t more = e->nexceptions - EG_MAX_WIDTH;
+            snprintf(line, sizeof(line), "and %zu more exception%s", more, more > 1 ? "s" : "");
+            eg_emit_line(c, line);
+        }
+        if (last && c->need_close) {
+            eg_indent(c);
+            fputs("+------------------------------------\n", c->f);
+            c->need_close = false;
+        }
+        c->depth--;
+    }
+    if (toplevel)
+        c->depth = 0;
+}
+
+void
+print_exception(FILE *f, const struct corral_error *e)
+{
+    struct eg_ctx c = {.f = f, .depth = 0, .need_close = false};
+    eg_format(&c, e);
+}
+
+/* ------------------------------------------------------------------ text tree */
+
+/* Writes a node's state and, when it has one, its outcome. */
+static void
+put_state(FILE *f, const struct corral_node *n)
+{
+    const char *state = corral_state_name(n->state);
+    const char *outcome = corral_outcome_name(n->outcome);
+    fputs(state != NULL ? state : "?", f);
+    if (outcome != NULL)
+        fprintf(f, " %s", outcome);
+}
+
+/* Writes "(cancel: SOURCE "REASON", caught)" for a node a cancel reached. */
+static void
+put_cancel(FILE *f, const struct corral_node *n)
+{
+    if (!n->cancel_called)
+        return;
+    const char *source = corral_source_name(n->cancel_source);
+    fputs("(cancel", f);
+    if (source != NULL)
+        fprintf(f, ": %s", source);
+    if (n->cancel_reason != NULL && n->cancel_reason[0] != '\0') {
+        fputs(source != NULL ? " \"" : ": \"", f);
+        put_text(f, n->cancel_reason, strlen(n->cancel_reason), RESULT_SHOWN_MAX, true, NL_ESCAPE,
+                 NULL);
+        fputc('"', f);
+    }
+    if (n->cancelled_caught)
+        fputs(", caught", f);
+    fputc(')', f);
+}
+
+/* Writes a job's result: "  result: "text"", cut short past RESULT_SHOWN_MAX columns. */
+static void
+put_result(FILE *f, const struct corral_node *n)
+{
+    fputs("  result: \"", f);
+    bool cut = put_text(f, n->result, n->result != NULL ? n->result_len : 0, RESULT_SHOWN_MAX, true,
+                        NL_ESCAPE, NULL);
+    fputc('"', f);
+    if (cut)
+        fprintf(f, "... (%zu bytes)", n->result_len);
+}
+
+/* Writes an error on one line: "  error: Type: message", the message cut short. */
+static void
+put_error(FILE *f, const struct corral_error *e)
+{
+    const char *type = e->type != NULL ? e->type : "Error";
+    const char *msg = e->message != NULL ? e->message : "";
+    fputs("  error: ", f);
+    put_text(f, type, strlen(type), 0, false, NL_ESCAPE, NULL);
+    size_t mlen = trimmed_len(msg);
+    if (mlen > 0) {
+        fputs(": ", f);
+        if (put_text(f, msg, mlen, ERROR_SHOWN_MAX, false, NL_ESCAPE, NULL))
+            fputs("...", f);
+    }
+}
+
+/* Writes the node n and its subtree, indented by depth levels of two spaces. */
+static void
+put_node(FILE *f, const struct corral_node *n, unsigned depth)
+{
+    for (unsigned i = 0; i < depth; i++)
+        fputs("  ", f);
+    if (n->type == CORRAL_NODE_GROUP) {
+        fprintf(f, "group %s  ", n->id != NULL ? n->id : "?");
+        put_state(f, n);
+        if (n->cancel_called) {
+            fputs("  ", f);
+            put_cancel(f, n);
+        }
+        if (n->error != NULL && !is_group_error(n->error))
+            put_error(f, n->error); /* a bare error, such as a deadline's TimeoutError */
+        fputc('\n', f);
+        for (size_t i = 0; i < n->nchildren; i++)
+            put_node(f, &n->children[i], depth + 1);
+        return;
+    }
+    fprintf(f, "job %s [", n->id != NULL ? n->id : "?");
+    if (n->kind != NULL)
+        put_text(f, n->kind, strlen(n->kind), 0, false, NL_ESCAPE, NULL);
+    fputs("] ", f);
+    put_state(f, n);
+    fprintf(f, " attempt %" PRIu32, n->attempt);
+    if (n->cancel_called) {
+        fputc(' ', f);
+        put_cancel(f, n);
+    }
+    if (n->outcome == CORRAL_OUTCOME_SUCCEEDED)
+        put_result(f, n);
+    if (n->error != NULL)
+        put_error(f, n->error);
+    fputc('\n', f);
+    for (size_t i = 0; i < n->ngroups; i++)
+        put_node(f, &n->groups[i], depth + 1);
+}
+
+/* Prints the exception group of every failed group of the subtree that is not nested in
+ * one printed already (a failed group's own error lists its failed subgroups). */
+static void
+put_failures(FILE *f, const struct corral_node *n)
+{
+    if (n->type == CORRAL_NODE_GROUP && n->error != NULL && is_group_error(n->error)) {
+        fputc('\n', f);
+        print_exception(f, n->error);
+        return;
+    }
+    for (size_t i = 0; i < n->nchildren; i++)
+        put_failures(f, &n->children[i]);
+    for (size_t i = 0; i < n->ngroups; i++)
+        put_failures(f, &n->groups[i]);
+}
+
+int
+print_tree_text(FILE *f, const struct corral_node *n)
+{
+    put_node(f, n, 0);
+    put_failures(f, n);
+    if (fflush(f) != 0 || ferror(f))
+        return -1;
+    return 0;
+}
+
+/* ------------------------------------------------------------------ JSON tree */
+
+/* Writes bytes as "name": STRING when valid UTF-8, else as "name_b64": BASE64. */
+static void
+json_text_or_b64(struct json_writer *w, const char *name, const char *name_b64, const void *data,
+                 size_t len)
+{
+    if (data == NULL)
+        len = 0;
+    if (utf8_valid(data, len)) {
+        json_key(w, name);
+        json_string_n(w, data, len);
+    } else {
+        json_key(w, name_b64);
+        json_base64(w, data, len);
+    }
+}
+
+/* Writes an error object (and, for an exception group, its sub-exceptions). */
+static void
+json_error(struct json_writer *w, const struct corral_error *e)
+{
+    json_begin_object(w);
+    json_key(w, "type");
+    json_string(w, e->type != NULL ? e->type : "");
+    json_key(w, "message");
+    json_string(w, e->message != NULL ? e->message : "");
+    /* Exactly one of "job" and "group": an exception group names its group. */
+    bool by_group = e->group != NULL && (is_group_error(e) || e->job == NULL);
+    if (by_group || e->job != NULL) {
+        json_key(w, by_group ? "group" : "job");
+        json_string(w, by_group ? e->group : e->job);
+    }
+    if (e->details_len > 0 && e->details != NULL) {
+        json_key(w, "details_b64");
+        json_base64(w, e->details, e->details_len);
+    }
+    if (is_group_error(e)) {
+        json_key(w, "exceptions");
+        json_begin_array(w);
+        for (size_t i = 0; i < e->nexceptions; i++)
+            json_error(w, &e->exceptions[i]);
+        json_end_array(w);
+    }
+    json_end_object(w);
+}
+
+/* Writes a node object and its subtree, keys in the order of the contract. */
+static void
+json_node(struct json_writer *w, const struct corral_node *n)
+{
+    bool job = n->type == CORRAL_NODE_JOB;
+    json_begin_object(w);
+    json_key(w, "type");
+    json_string(w, job ? "job" : "group");
+    json_key(w, "id");
+    json_string(w, n->id != NULL ? n->id : "");
+    if (job) {
+        json_key(w, "kind");
+        json_string(w, n->kind != NULL ? n->kind : "");
+    }
+    json_key(w, "state");
+    json_string(w, corral_state_name(n->state));
+    json_key(w, "outcome");
+    json_string(w, corral_outcome_name(n->outcome));
+    if (job && n->outcome == CORRAL_OUTCOME_SUCCEEDED)
+        json_text_or_b64(w, "result", "result_b64", n->result, n->result_len);
+    json_key(w, "error");
+    if (n->error != NULL)
+        json_error(w, n->error);
+    else
+        json_null(w);
+    if (job) {
+        json_key(w, "attempt");
+        json_int(w, n->attempt);
+    }
+    json_key(w, "cancel_called");
+    json_bool(w, n->cancel_called);
+    json_key(w, "cancelled_caught");
+    json_bool(w, n->cancelled_caught);
+    json_key(w, "cancel_source");
+    json_string(w, corral_source_name(n->cancel_source));
+    json_key(w, "cancel_reason");
+    json_string(w,
+                n->cancel_reason != NULL && n->cancel_reason[0] != '\0' ? n->cancel_reason : NULL);
+    json_key(w, job ? "groups" : "children");
+    json_begin_array(w);
+    const struct corral_node *kids = job ? n->groups : n->children;
+    size_t nkids = job ? n->ngroups : n->nchildren;
+    for (size_t i = 0; i < nkids; i++)
+        json_node(w, &kids[i]);
+    json_end_array(w);
+    json_end_object(w);
+}
+
+int
+print_tree_json(FILE *f, const struct corral_node *n)
+{
+    struct json_writer w;
+    json_init(&w, f);
+    json_node(&w, n);
+    return json_finish(&w);
+}

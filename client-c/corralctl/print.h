@@ -1,0 +1,25 @@
+/* print.h - how corralctl shows a group's tree: indented text for people, with failed
+ * groups' exception groups laid out the way Python 3.11 prints an ExceptionGroup, or the
+ * --json tree of the protocol contract (issue 2: node and error objects). */
+#ifndef CORRALCTL_PRINT_H
+#define CORRALCTL_PRINT_H
+
+#include <stdio.h>
+
+#include "corral.h"
+
+/* Prints the tree rooted at n (borrowed) as indented text, one line per node, then the
+ * exception group of every failed group that is not already part of an enclosing one.
+ * Returns 0, or -1 when writing to f failed. */
+int print_tree_text(FILE *f, const struct corral_node *n);
+
+/* Prints the tree rooted at n (borrowed) as one pretty-printed JSON document followed by
+ * a newline. Returns 0, or -1 when writing to f failed. */
+int print_tree_json(FILE *f, const struct corral_node *n);
+
+/* Prints an error (borrowed) the way Python 3.11's traceback module prints an exception
+ * without a traceback: an exception group as a boxed, nested listing of its
+ * sub-exceptions, any other error as one "Type: message" line. */
+void print_exception(FILE *f, const struct corral_error *e);
+
+#endif
