@@ -388,6 +388,12 @@ store_close(struct store **p)
 
 /* The schema version, read at open. */
 int
+store_schema_latest(void)
+{
+    return STORE_SCHEMA_LATEST;
+}
+
+int
 store_schema_version(const struct store *s)
 {
     return s->version;

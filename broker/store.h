@@ -10,6 +10,7 @@
 
 #include "model.h"
 
+#include <stddef.h>
 #include <stdint.h>
 
 struct store;
@@ -25,6 +26,8 @@ void store_close(struct store **p);
 
 /* The schema version the database is at (PRAGMA user_version). */
 int store_schema_version(const struct store *s);
+/* The schema version this code creates and migrates to. */
+int store_schema_latest(void);
 
 /* One transaction per loop turn. Each returns 0, or -1 with store_errmsg() set. After a
  * failed put or commit the caller must call store_rollback(). */
@@ -36,11 +39,14 @@ int store_put_group(struct store *s, const struct group_row *row);
  * column (the payload never changes). The row is borrowed. */
 int store_put_job(struct store *s, const struct job_row *row);
 int store_commit(struct store *s);
+/* Rolls back the open transaction; 0 (and no effect) when none is open. */
 int store_rollback(struct store *s);
 
 /* Reads everything back at start: every group in id order, then every job in id order,
  * calling the callbacks with rows borrowed for the duration of the call (is_new false).
- * A callback returning non-zero stops the load and is returned. */
+ * A NULL callback skips its table. A callback returning a positive value stops the load
+ * and is returned; -1 means a storage error (store_errmsg). Ids are at most INT64_MAX
+ * (SQLite's INTEGER PRIMARY KEY is signed). */
 int store_load(struct store *s, int (*on_group)(void *arg, const struct group_row *row),
                int (*on_job)(void *arg, const struct job_row *row), void *arg);
 

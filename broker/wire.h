@@ -11,10 +11,11 @@
 struct wire_decoded;
 
 /* Decodes one message body received from a peer on the given side into *cmd, whose
- * pointers borrow from *holder (returned owned; free with wire_decoded_free after
- * handling). On failure returns a corral_err code (CORRAL_EBADREQUEST for malformed or
- * truncated input, a broker-to-peer body, a request sent to the wrong endpoint or a
- * missing required field; CORRAL_EVERSION for a version other than 1), sets
+ * pointers borrow from *holder only (buf may be freed right after) (returned owned; free with
+ * wire_decoded_free after handling). On failure returns a corral_err code (CORRAL_EBADREQUEST for
+ * malformed or truncated input, a broker-to-peer body, a request sent to the wrong endpoint or a
+ * missing required field or invalid UTF-8; CORRAL_EVERSION for a version other than 1;
+ * CORRAL_ENOMEM), sets
  * *request_id when it could be read (else 0) and *errmsg to a static human message, and
  * leaves *holder NULL. */
 int wire_decode(const uint8_t *buf, size_t len, enum peer_side side, struct cmd *cmd,
@@ -22,7 +23,9 @@ int wire_decode(const uint8_t *buf, size_t len, enum peer_side side, struct cmd 
 void wire_decoded_free(struct wire_decoded **p);
 
 /* Serializes m (borrowed) as an Envelope of version 1 into a malloc'd buffer returned
- * owned in *buf and *len. Returns 0 or CORRAL_ENOMEM. */
+ * owned in *buf and *len. Returns 0, CORRAL_ENOMEM, or CORRAL_EINVAL / CORRAL_EINTERNAL
+ * for a message the encoder does not know (a bug). Reply codes of 100 and more (local
+ * codes) go on the wire as ERR_INTERNAL. */
 int wire_encode(const struct out_msg *m, uint8_t **buf, size_t *len);
 
 #endif

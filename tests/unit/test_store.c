@@ -15,7 +15,7 @@
 #include <unistd.h>
 
 /* The schema version this store.c migrates to; raise it with each new migration. */
-#define LATEST_SCHEMA 1
+#define LATEST_SCHEMA store_schema_latest()
 /* Offsets in the SQLite file header: write/read format versions (2 = WAL) and
  * user_version (4 bytes, big-endian). */
 #define HDR_WRITE_VERSION 18
