@@ -23,6 +23,14 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* Marks the library's public functions: libcorral is built with hidden visibility by
+ * default, so only what this header declares is exported. */
+#if defined(__GNUC__)
+#define CORRAL_API __attribute__((visibility("default")))
+#else
+#define CORRAL_API
+#endif
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -61,7 +69,7 @@ enum corral_err {
 };
 
 /* A static, human-readable name for an error code ("not found", ...). Never NULL. */
-const char *corral_strerror(int err);
+CORRAL_API const char *corral_strerror(int err);
 
 enum corral_node_type { CORRAL_NODE_GROUP = 0, CORRAL_NODE_JOB = 1 };
 
@@ -94,9 +102,9 @@ enum corral_cancel_source {
 
 /* Names as used in the --json tree: "QUEUED", "SUCCEEDED", "sibling_failed"; NULL for
  * CORRAL_OUTCOME_NONE and CORRAL_SOURCE_NONE. */
-const char *corral_state_name(enum corral_state s);
-const char *corral_outcome_name(enum corral_outcome o);
-const char *corral_source_name(enum corral_cancel_source s);
+CORRAL_API const char *corral_state_name(enum corral_state s);
+CORRAL_API const char *corral_outcome_name(enum corral_outcome o);
+CORRAL_API const char *corral_source_name(enum corral_cancel_source s);
 
 /* An error: a job's error, or an exception group (type "ExceptionGroup", group set,
  * exceptions holding every child error in the order they happened, nested). */
@@ -136,7 +144,7 @@ struct corral_node {
 };
 
 /* Frees a tree returned by the library. */
-void corral_node_free(struct corral_node **p);
+CORRAL_API void corral_node_free(struct corral_node **p);
 
 /* ------------------------------------------------------------------ client */
 
@@ -146,40 +154,43 @@ struct corral_client;
  * timeout_ms bounds every blocking call but corral_group_wait (which has its own);
  * the connection itself is lazy, so a broker that is down shows as CORRAL_ETIMEDOUT on
  * the first call. Returns owned *out. */
-int corral_client_new(struct corral_client **out, const char *endpoint, int timeout_ms);
-void corral_client_free(struct corral_client **p);
+CORRAL_API int corral_client_new(struct corral_client **out, const char *endpoint, int timeout_ms);
+CORRAL_API void corral_client_free(struct corral_client **p);
 
 /* The broker's message for the last call that failed with a broker code, else a
  * description of the local error. Borrowed; valid until the next call. */
-const char *corral_client_last_error(const struct corral_client *c);
+CORRAL_API const char *corral_client_last_error(const struct corral_client *c);
 
 /* Opens a group. parent_group and parent_job: at most one non-NULL; neither: a root.
  * Writes the id into id_out. *cancelled (may be NULL) is set when the parent scope was
  * already cancelled (the new group is cancelled at once). */
-int corral_group_open(struct corral_client *c, const char *parent_group, const char *parent_job,
-                      char id_out[CORRAL_ID_MAX], bool *cancelled);
+CORRAL_API int corral_group_open(struct corral_client *c, const char *parent_group,
+                                 const char *parent_job, char id_out[CORRAL_ID_MAX],
+                                 bool *cancelled);
 
 /* Submits a job of the given kind into an active group. payload (borrowed) may be NULL
  * when len is 0. *cancelled (may be NULL) is set when the group was already cancelled:
  * the job is recorded CANCELLED and never runs. CORRAL_ENOTACTIVE: the group ended. */
-int corral_submit(struct corral_client *c, const char *group, const char *kind, const void *payload,
-                  size_t len, char id_out[CORRAL_ID_MAX], bool *cancelled);
+CORRAL_API int corral_submit(struct corral_client *c, const char *group, const char *kind,
+                             const void *payload, size_t len, char id_out[CORRAL_ID_MAX],
+                             bool *cancelled);
 
 /* Closes a group (the owner left its block). Idempotent. */
-int corral_group_close(struct corral_client *c, const char *group);
+CORRAL_API int corral_group_close(struct corral_client *c, const char *group);
 
 /* Cancels a group and its subtree, or one job. reason may be NULL. Idempotent; the
  * first cancel's source and reason are kept. */
-int corral_group_cancel(struct corral_client *c, const char *group, const char *reason);
-int corral_job_cancel(struct corral_client *c, const char *job, const char *reason);
+CORRAL_API int corral_group_cancel(struct corral_client *c, const char *group, const char *reason);
+CORRAL_API int corral_job_cancel(struct corral_client *c, const char *job, const char *reason);
 
 /* Reads a group's tree now. Returns owned *out. */
-int corral_group_tree(struct corral_client *c, const char *group, struct corral_node **out);
+CORRAL_API int corral_group_tree(struct corral_client *c, const char *group,
+                                 struct corral_node **out);
 
 /* Blocks until the group has ended (it does not close it) or timeout_ms passes
  * (negative: forever); returns the ended group's tree, owned. CORRAL_ETIMEDOUT on timeout. */
-int corral_group_wait(struct corral_client *c, const char *group, int timeout_ms,
-                      struct corral_node **out);
+CORRAL_API int corral_group_wait(struct corral_client *c, const char *group, int timeout_ms,
+                                 struct corral_node **out);
 
 /* ---- pipelined submits: many in flight, replies collected later ---- */
 
@@ -192,16 +203,16 @@ struct corral_submit_result {
 
 /* Sends a submission without waiting for its reply; *token identifies the reply later.
  * Never blocks on the network beyond the socket's send queue. */
-int corral_submit_async(struct corral_client *c, const char *group, const char *kind,
-                        const void *payload, size_t len, uint64_t *token);
+CORRAL_API int corral_submit_async(struct corral_client *c, const char *group, const char *kind,
+                                   const void *payload, size_t len, uint64_t *token);
 
 /* Takes the next reply to a pipelined submission, waiting up to timeout_ms (0: poll,
  * negative: forever). CORRAL_ETIMEDOUT when none arrived. */
-int corral_submit_collect(struct corral_client *c, int timeout_ms,
-                          struct corral_submit_result *out);
+CORRAL_API int corral_submit_collect(struct corral_client *c, int timeout_ms,
+                                     struct corral_submit_result *out);
 
 /* Number of pipelined submissions whose replies have not been collected. */
-size_t corral_submit_pending(const struct corral_client *c);
+CORRAL_API size_t corral_submit_pending(const struct corral_client *c);
 
 /* ---- events ---- */
 
@@ -220,12 +231,13 @@ struct corral_event {
 };
 
 /* Subscribes to every change in a group's subtree until the group ends. */
-int corral_subscribe(struct corral_client *c, const char *group);
+CORRAL_API int corral_subscribe(struct corral_client *c, const char *group);
 
 /* Takes the next event, waiting up to timeout_ms (0: poll, negative: forever).
  * Returns owned *out. CORRAL_ETIMEDOUT when none arrived. */
-int corral_next_event(struct corral_client *c, int timeout_ms, struct corral_event **out);
-void corral_event_free(struct corral_event **p);
+CORRAL_API int corral_next_event(struct corral_client *c, int timeout_ms,
+                                 struct corral_event **out);
+CORRAL_API void corral_event_free(struct corral_event **p);
 
 /* ------------------------------------------------------------------ worker */
 
@@ -235,53 +247,53 @@ struct corral_job;
 /* Registers a worker for the given kinds (borrowed) with the given concurrency (> 0)
  * at the broker's worker endpoint (NULL: CORRAL_DEFAULT_WORKER_ENDPOINT), and starts its
  * background thread. Does not wait for the broker. Returns owned *out. */
-int corral_worker_new(struct corral_worker **out, const char *endpoint, const char *const *kinds,
-                      size_t nkinds, unsigned concurrency);
+CORRAL_API int corral_worker_new(struct corral_worker **out, const char *endpoint,
+                                 const char *const *kinds, size_t nkinds, unsigned concurrency);
 
 /* Stops the background thread and closes the socket. Jobs not yet reported stay
  * RUNNING at the broker until their worker is declared lost. Jobs obtained from this
  * worker must be freed before it. */
-void corral_worker_free(struct corral_worker **p);
+CORRAL_API void corral_worker_free(struct corral_worker **p);
 
 /* Takes the next dispatched job, waiting up to timeout_ms (0: poll, negative: forever).
  * Returns owned *out. CORRAL_ETIMEDOUT when none arrived. Never more than the stated
  * concurrency of jobs are handed out before they are reported. */
-int corral_worker_next(struct corral_worker *w, int timeout_ms, struct corral_job **out);
+CORRAL_API int corral_worker_next(struct corral_worker *w, int timeout_ms, struct corral_job **out);
 
 /* A file descriptor that is readable while corral_worker_next has a job to return
  * without blocking (for poll()). Borrowed; valid for the worker's life. */
-int corral_worker_fd(const struct corral_worker *w);
+CORRAL_API int corral_worker_fd(const struct corral_worker *w);
 
 /* Accessors; strings and the payload are borrowed for the job's life. */
-const char *corral_job_id(const struct corral_job *j);
-uint32_t corral_job_attempt(const struct corral_job *j);
-const char *corral_job_kind(const struct corral_job *j);
-const char *corral_job_group(const struct corral_job *j);
-const void *corral_job_payload(const struct corral_job *j, size_t *len);
+CORRAL_API const char *corral_job_id(const struct corral_job *j);
+CORRAL_API uint32_t corral_job_attempt(const struct corral_job *j);
+CORRAL_API const char *corral_job_kind(const struct corral_job *j);
+CORRAL_API const char *corral_job_group(const struct corral_job *j);
+CORRAL_API const void *corral_job_payload(const struct corral_job *j, size_t *len);
 
 /* True once the broker has asked to cancel the job. The fd (borrowed) becomes readable
  * at that moment and stays readable. Source and reason describe the cancel. */
-bool corral_job_cancelled(const struct corral_job *j);
-int corral_job_cancel_fd(const struct corral_job *j);
-enum corral_cancel_source corral_job_cancel_source(const struct corral_job *j);
-const char *corral_job_cancel_reason(const struct corral_job *j); /* "" when none */
+CORRAL_API bool corral_job_cancelled(const struct corral_job *j);
+CORRAL_API int corral_job_cancel_fd(const struct corral_job *j);
+CORRAL_API enum corral_cancel_source corral_job_cancel_source(const struct corral_job *j);
+CORRAL_API const char *corral_job_cancel_reason(const struct corral_job *j); /* "" when none */
 
 /* Signals readiness with a value; blocks until the broker's reply (CORRAL_ETIMEDOUT
  * after the worker's timeout). An error says the broker refused it (e.g. started twice,
  * CORRAL_EWRONGSTATE). */
-int corral_job_started(struct corral_job *j, const void *value, size_t len);
+CORRAL_API int corral_job_started(struct corral_job *j, const void *value, size_t len);
 
 /* Reports the job's end: a result, an error, or (after a cancel) that it stopped. These
  * return once the report is queued; the library delivers it at least once, re-sending
  * it after a reconnect until the broker has acknowledged it. Only the first report of a
  * job counts; later ones return CORRAL_EWRONGSTATE. */
-int corral_job_done(struct corral_job *j, const void *result, size_t len);
-int corral_job_fail(struct corral_job *j, const char *type, const char *message,
-                    const void *details, size_t len);
-int corral_job_ack_cancel(struct corral_job *j);
+CORRAL_API int corral_job_done(struct corral_job *j, const void *result, size_t len);
+CORRAL_API int corral_job_fail(struct corral_job *j, const char *type, const char *message,
+                               const void *details, size_t len);
+CORRAL_API int corral_job_ack_cancel(struct corral_job *j);
 
 /* Frees a job. A job freed without a report stays RUNNING at the broker. */
-void corral_job_free(struct corral_job **p);
+CORRAL_API void corral_job_free(struct corral_job **p);
 
 #ifdef __cplusplus
 }
