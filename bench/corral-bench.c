@@ -1,0 +1,1327 @@
+/* corral-bench - the benchmark of corral: starts its own corrald, pushes no-op jobs through
+ * libcorral's public API, and reports end-to-end throughput, the broker's commits and the
+ * single-job round trip.
+ *
+ * For each --sync mode asked, two fresh corrald processes (each in its own temporary data
+ * directory) run one workload each, so the commit count corrald logs at shutdown belongs to
+ * that workload:
+ *   1. throughput: one client submits --jobs no-op jobs with corral_submit_async, keeping
+ *      at most --window jobs whose result has not been seen, and counts the JOB_ENDED
+ *      events of its subscription. Only a SUCCEEDED end of a job whose submission was
+ *      acknowledged, seen once, counts. Timed from the first submit to the last result.
+ *   2. round trip: one job at a time, corral_submit then wait for its JOB_ENDED event.
+ * --workers threads each run a corral_worker (kind "noop") that answers every job at once.
+ * Exit status: 0 when every job succeeded and corrald exited 0 after SIGTERM, 1 otherwise,
+ * 64 on a usage error. */
+#include "clock.h"
+#include "corral.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <limits.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/time.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define EXIT_USAGE        64
+#define KIND              "noop"
+#define CLIENT_TIMEOUT_MS 10000 /* bounds each blocking libcorral call */
+#define STALL_MS          30000 /* no result for this long: the run failed */
+#define WAIT_MS           100   /* one wait for results when the window is full */
+#define READY_TIMEOUT_MS  10000 /* corrald must log event=ready within this */
+#define STOP_TIMEOUT_MS   20000 /* corrald must exit within this after SIGTERM */
+#define SETTLE_MS         200   /* lets the workers register before the clock starts */
+#define WORKER_POLL_MS    50    /* how often a worker thread looks at its stop flag */
+#define ENDPOINT_MAX      (PATH_MAX + 32)
+
+extern char **environ;
+
+static volatile sig_atomic_t interrupted;
+/* Set by a worker thread that failed: the run is lost, stop waiting for it. */
+static atomic_bool worker_failed;
+
+static void
+on_signal(int sig)
+{
+    (void)sig;
+    interrupted = 1;
+}
+
+/* Whether the run must end now (^C, or a worker failed); says why. */
+static bool
+must_stop(void)
+{
+    if (interrupted) {
+        fprintf(stderr, "corral-bench: interrupted\n");
+        return true;
+    }
+    if (atomic_load(&worker_failed)) {
+        fprintf(stderr, "corral-bench: a worker failed\n");
+        return true;
+    }
+    return false;
+}
+
+/* ------------------------------------------------------------------ options */
+
+enum { SYNC_FULL = 1, SYNC_NORMAL = 2 };
+
+struct opts {
+    long jobs;
+    int workers;
+    unsigned concurrency;
+    int sync_mask;
+    long rtt;
+    long warmup;
+    long window;
+    long burst;
+    bool json;
+    bool tcp;
+    bool keep;
+    char corrald[PATH_MAX];
+};
+
+static void
+usage(FILE *f)
+{
+    fputs("usage: corral-bench [OPTION]...\n"
+          "Starts a private corrald, runs no-op jobs through libcorral and reports throughput,\n"
+          "commits and round-trip latency.\n\n"
+          "  --jobs N          jobs in the throughput run (default 100000)\n"
+          "  --workers W       worker threads, one corral_worker each (default 4)\n"
+          "  --concurrency C   concurrency of each worker (default 64)\n"
+          "  --window N        most jobs submitted but not yet ended (default 5000)\n"
+          "  --burst N         submits between two looks at replies and events (default 1)\n"
+          "  --sync MODE       full, normal or both (default both)\n"
+          "  --rtt N           measured round trips (default 2000)\n"
+          "  --warmup N        round trips before measuring (default 100)\n"
+          "  --tcp             tcp://127.0.0.1 on free ports instead of ipc:// endpoints\n"
+          "  --corrald PATH    the broker (default: ../broker/corrald next to this program)\n"
+          "  --keep            keep the temporary directories (data and corrald's log)\n"
+          "  --json            print one JSON object instead of text\n"
+          "  --help            print this text\n",
+          f);
+}
+
+/* Parses a decimal count in [min, max]; false when s is not one. */
+static bool
+parse_count(const char *s, long min, long max, long *out)
+{
+    char *end = NULL;
+    long v;
+
+    errno = 0;
+    v = strtol(s, &end, 10);
+    if (errno != 0 || end == s || *end != '\0' || v < min || v > max)
+        return false;
+    *out = v;
+    return true;
+}
+
+/* The corrald built next to this program: <dir of /proc/self/exe>/../broker/corrald. */
+static int
+default_corrald(char *out, size_t outlen)
+{
+    char exe[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    char *slash;
+
+    if (n <= 0)
+        return -1;
+    exe[n] = '\0';
+    slash = strrchr(exe, '/');
+    if (slash == NULL)
+        return -1;
+    *slash = '\0';
+    if ((size_t)snprintf(out, outlen, "%s/../broker/corrald", exe) >= outlen)
+        return -1;
+    return 0;
+}
+
+/* Returns 0, or EXIT_USAGE after printing why. */
+static int
+parse_args(int argc, char **argv, struct opts *o)
+{
+    memset(o, 0, sizeof *o);
+    o->jobs = 100000;
+    o->workers = 4;
+    o->concurrency = 64;
+    o->sync_mask = SYNC_FULL | SYNC_NORMAL;
+    o->rtt = 2000;
+    o->warmup = 100;
+    o->window = 5000;
+    o->burst = 1;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        long n;
+        bool ok = true, takes = true;
+
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+            usage(stdout);
+            exit(0);
+        } else if (strcmp(a, "--json") == 0) {
+            o->json = true;
+            takes = false;
+        } else if (strcmp(a, "--tcp") == 0) {
+            o->tcp = true;
+            takes = false;
+        } else if (strcmp(a, "--keep") == 0) {
+            o->keep = true;
+            takes = false;
+        } else if (v == NULL) {
+            ok = false;
+        } else if (strcmp(a, "--jobs") == 0) {
+            ok = parse_count(v, 1, 100000000, &o->jobs);
+        } else if (strcmp(a, "--workers") == 0) {
+            ok = parse_count(v, 1, 1024, &n);
+            o->workers = (int)n;
+        } else if (strcmp(a, "--concurrency") == 0) {
+            ok = parse_count(v, 1, 1000000, &n);
+            o->concurrency = (unsigned)n;
+        } else if (strcmp(a, "--window") == 0) {
+            ok = parse_count(v, 1, 100000000, &o->window);
+        } else if (strcmp(a, "--burst") == 0) {
+            ok = parse_count(v, 1, 100000000, &o->burst);
+        } else if (strcmp(a, "--rtt") == 0) {
+            ok = parse_count(v, 1, 100000000, &o->rtt);
+        } else if (strcmp(a, "--warmup") == 0) {
+            ok = parse_count(v, 0, 100000000, &o->warmup);
+        } else if (strcmp(a, "--sync") == 0) {
+            if (strcmp(v, "full") == 0)
+                o->sync_mask = SYNC_FULL;
+            else if (strcmp(v, "normal") == 0)
+                o->sync_mask = SYNC_NORMAL;
+            else if (strcmp(v, "both") == 0)
+                o->sync_mask = SYNC_FULL | SYNC_NORMAL;
+            else
+                ok = false;
+        } else if (strcmp(a, "--corrald") == 0) {
+            ok = strlen(v) < sizeof o->corrald;
+            if (ok)
+                strcpy(o->corrald, v);
+        } else {
+            fprintf(stderr, "corral-bench: unknown option '%s' (see --help)\n", a);
+            return EXIT_USAGE;
+        }
+        if (!ok) {
+            if (v == NULL)
+                fprintf(stderr, "corral-bench: option %s needs a value\n", a);
+            else
+                fprintf(stderr, "corral-bench: invalid value '%s' for %s\n", v, a);
+            return EXIT_USAGE;
+        }
+        if (takes)
+            i++;
+    }
+    if (o->corrald[0] == '\0' && default_corrald(o->corrald, sizeof o->corrald) != 0) {
+        fprintf(stderr, "corral-bench: cannot locate corrald; use --corrald PATH\n");
+        return EXIT_USAGE;
+    }
+    if (access(o->corrald, X_OK) != 0) {
+        fprintf(stderr, "corral-bench: %s: %s (use --corrald PATH)\n", o->corrald, strerror(errno));
+        return EXIT_USAGE;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------ corrald */
+
+struct broker {
+    pid_t pid; /* 0: not running */
+    char dir[PATH_MAX];
+    char log_path[PATH_MAX + 16];
+    char client_ep[ENDPOINT_MAX];
+    char worker_ep[ENDPOINT_MAX];
+    bool keep;
+};
+
+/* What corrald logs on its shutdown line. */
+struct broker_stats {
+    unsigned long long turns;
+    unsigned long long commits;
+    unsigned long long rows;
+    unsigned long long malformed;
+    double cpu_s; /* corrald's user + system time over its whole life */
+};
+
+static int
+rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    (void)sb;
+    (void)flag;
+    (void)ftw;
+    remove(path);
+    return 0;
+}
+
+/* Two distinct free TCP ports on 127.0.0.1 (both held open while choosing). */
+static int
+free_ports(int ports[2])
+{
+    int fds[2] = {-1, -1}, rc = -1;
+
+    for (int i = 0; i < 2; i++) {
+        struct sockaddr_in sa;
+        socklen_t len = sizeof sa;
+
+        memset(&sa, 0, sizeof sa);
+        sa.sin_family = AF_INET;
+        sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        fds[i] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fds[i] < 0 || bind(fds[i], (struct sockaddr *)&sa, sizeof sa) != 0 ||
+            getsockname(fds[i], (struct sockaddr *)&sa, &len) != 0)
+            goto out;
+        ports[i] = ntohs(sa.sin_port);
+    }
+    rc = 0;
+out:
+    for (int i = 0; i < 2; i++)
+        if (fds[i] >= 0)
+            close(fds[i]);
+    return rc;
+}
+
+/* Reads the whole file at path into a NUL-terminated buffer, returned owned (or NULL). */
+static char *
+read_file(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    char *buf = NULL;
+    size_t len = 0, cap = 0;
+
+    if (f == NULL)
+        return NULL;
+    for (;;) {
+        if (cap - len < 4096) {
+            char *nb = realloc(buf, cap + 65536);
+            if (nb == NULL) {
+                free(buf);
+                fclose(f);
+                return NULL;
+            }
+            buf = nb;
+            cap += 65536;
+        }
+        size_t n = fread(buf + len, 1, cap - len - 1, f);
+        len += n;
+        if (n == 0)
+            break;
+    }
+    fclose(f);
+    buf[len] = '\0';
+    return buf;
+}
+
+/* Prints the last lines of corrald's log to stderr, after a failure. */
+static void
+broker_dump_log(const struct broker *b)
+{
+    char *log = read_file(b->log_path);
+    const char *p;
+    int lines = 0;
+
+    if (log == NULL)
+        return;
+    p = log + strlen(log);
+    while (p > log && lines <= 10) {
+        p--;
+        if (*p == '\n')
+            lines++;
+    }
+    fprintf(stderr, "corral-bench: corrald's log ends with:\n%s", p == log ? p : p + 1);
+    free(log);
+}
+
+/* Kills corrald if it still runs and reaps it. */
+static void
+broker_kill(struct broker *b)
+{
+    if (b->pid > 0) {
+        kill(b->pid, SIGKILL);
+        waitpid(b->pid, NULL, 0);
+        b->pid = 0;
+    }
+}
+
+/* Kills corrald if needed and removes its directory (unless --keep). */
+static void
+broker_cleanup(struct broker *b)
+{
+    broker_kill(b);
+    if (b->dir[0] != '\0') {
+        if (b->keep)
+            fprintf(stderr, "corral-bench: kept %s\n", b->dir);
+        else
+            nftw(b->dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+        b->dir[0] = '\0';
+    }
+}
+
+/* A copy of the environment without CORRAL_* variables, so only our flags configure
+ * corrald. Returned owned (the strings are borrowed from environ). */
+static char **
+clean_environ(void)
+{
+    size_t n = 0, k = 0;
+    char **env;
+
+    while (environ[n] != NULL)
+        n++;
+    env = calloc(n + 1, sizeof *env);
+    if (env == NULL)
+        return NULL;
+    for (size_t i = 0; i < n; i++)
+        if (strncmp(environ[i], "CORRAL_", 7) != 0)
+            env[k++] = environ[i];
+    env[k] = NULL;
+    return env;
+}
+
+/* Whether corrald has logged that it is ready. */
+static bool
+broker_logged(const struct broker *b, const char *what)
+{
+    char *log = read_file(b->log_path);
+    bool found = log != NULL && strstr(log, what) != NULL;
+
+    free(log);
+    return found;
+}
+
+static void
+sleep_ms(long ms)
+{
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR && !interrupted)
+        ;
+}
+
+static double
+tv_s(const struct timeval *tv)
+{
+    return (double)tv->tv_sec + (double)tv->tv_usec / 1e6;
+}
+
+/* CPU time of this process (every thread) so far, in seconds. */
+static double
+self_cpu_s(void)
+{
+    struct rusage ru;
+
+    if (getrusage(RUSAGE_SELF, &ru) != 0)
+        return 0;
+    return tv_s(&ru.ru_utime) + tv_s(&ru.ru_stime);
+}
+
+/* The machine's CPU time so far, from /proc/stat, in seconds (all CPUs). */
+struct machine_cpu {
+    double busy;  /* user, nice, system, irq, softirq */
+    double steal; /* taken by the hypervisor */
+    double total; /* everything, idle included */
+};
+
+static void
+machine_cpu(struct machine_cpu *m)
+{
+    unsigned long long v[8] = {0};
+    FILE *f = fopen("/proc/stat", "r");
+    double hz = (double)sysconf(_SC_CLK_TCK);
+
+    memset(m, 0, sizeof *m);
+    if (f == NULL)
+        return;
+    if (fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3], &v[4],
+               &v[5], &v[6], &v[7]) == 8 &&
+        hz > 0) {
+        m->busy = (double)(v[0] + v[1] + v[2] + v[5] + v[6]) / hz;
+        m->steal = (double)v[7] / hz;
+        m->total = (double)(v[0] + v[1] + v[2] + v[3] + v[4] + v[5] + v[6] + v[7]) / hz;
+    }
+    fclose(f);
+}
+
+/* Who used the CPUs during a measured span: this process, corrald, anything else. */
+struct usage {
+    struct machine_cpu m0; /* at the start */
+    double self0;          /* this process's CPU time at the start */
+    double bench_cpu_s;    /* this process during the span */
+    double total_s;        /* CPU seconds the machine had during the span */
+    double busy_s;         /* CPU seconds anything used (steal apart) */
+    double steal_s;        /* CPU seconds the hypervisor took */
+    /* shares of total_s, set by usage_shares */
+    double busy, other, steal;
+};
+
+static void
+usage_begin(struct usage *u)
+{
+    memset(u, 0, sizeof *u);
+    machine_cpu(&u->m0);
+    u->self0 = self_cpu_s();
+}
+
+static void
+usage_end(struct usage *u)
+{
+    struct machine_cpu m1;
+
+    u->bench_cpu_s = self_cpu_s() - u->self0;
+    machine_cpu(&m1);
+    u->total_s = m1.total - u->m0.total;
+    u->busy_s = m1.busy - u->m0.busy;
+    u->steal_s = m1.steal - u->m0.steal;
+}
+
+/* Computes the shares, once corrald's CPU time (over its life, about the span) is known. */
+static void
+usage_shares(struct usage *u, double corrald_cpu_s)
+{
+    double other = u->busy_s - u->bench_cpu_s - corrald_cpu_s;
+
+    if (u->total_s <= 0)
+        return;
+    u->busy = (u->busy_s + u->steal_s) / u->total_s;
+    u->other = other > 0 ? other / u->total_s : 0;
+    u->steal = u->steal_s / u->total_s;
+}
+
+/* Starts corrald in a fresh temporary directory and waits until it is ready. */
+static int
+broker_start(struct broker *b, const struct opts *o, const char *sync)
+{
+    const char *tmp = getenv("TMPDIR");
+    char data_dir[PATH_MAX + 16];
+    char corrald[PATH_MAX];
+    char **env = NULL;
+    int logfd = -1, rc = -1;
+
+    memset(b, 0, sizeof *b);
+    b->keep = o->keep;
+    if (tmp == NULL || tmp[0] == '\0')
+        tmp = "/tmp";
+    if ((size_t)snprintf(b->dir, sizeof b->dir, "%s/corral-bench-XXXXXX", tmp) >= sizeof b->dir ||
+        mkdtemp(b->dir) == NULL) {
+        fprintf(stderr, "corral-bench: cannot create a temporary directory in %s: %s\n", tmp,
+                strerror(errno));
+        b->dir[0] = '\0';
+        return -1;
+    }
+    snprintf(data_dir, sizeof data_dir, "%s/data", b->dir);
+    snprintf(b->log_path, sizeof b->log_path, "%s/corrald.log", b->dir);
+    if (o->tcp) {
+        int ports[2];
+        if (free_ports(ports) != 0) {
+            fprintf(stderr, "corral-bench: cannot find free ports: %s\n", strerror(errno));
+            goto out;
+        }
+        snprintf(b->client_ep, sizeof b->client_ep, "tcp://127.0.0.1:%d", ports[0]);
+        snprintf(b->worker_ep, sizeof b->worker_ep, "tcp://127.0.0.1:%d", ports[1]);
+    } else {
+        if (strlen(b->dir) + sizeof "/client.sock" > 100) {
+            fprintf(stderr,
+                    "corral-bench: %s is too long for an ipc:// endpoint; set TMPDIR "
+                    "or use --tcp\n",
+                    b->dir);
+            goto out;
+        }
+        snprintf(b->client_ep, sizeof b->client_ep, "ipc://%s/client.sock", b->dir);
+        snprintf(b->worker_ep, sizeof b->worker_ep, "ipc://%s/worker.sock", b->dir);
+    }
+    logfd = open(b->log_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    env = clean_environ();
+    if (logfd < 0 || env == NULL) {
+        fprintf(stderr, "corral-bench: cannot set up %s: %s\n", b->log_path, strerror(errno));
+        goto out;
+    }
+    snprintf(corrald, sizeof corrald, "%s", o->corrald);
+    /* clang-format off */
+    char *argv[] = {corrald,
+                    "--client-endpoint", b->client_ep,
+                    "--worker-endpoint", b->worker_ep,
+                    "--data-dir", data_dir,
+                    "--sync", (char *)sync,
+                    "--log-level", "info",
+                    "--log-format", "logfmt",
+                    NULL};
+    /* clang-format on */
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    if (pid < 0) {
+        fprintf(stderr, "corral-bench: fork: %s\n", strerror(errno));
+        goto out;
+    }
+    if (pid == 0) {
+        /* Own process group: a ^C on the terminal reaches the bench, which stops corrald
+         * itself; and corrald dies with the bench whatever happens to it. */
+        setpgid(0, 0);
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() != parent)
+            _exit(127);
+        int devnull = open("/dev/null", O_RDONLY);
+        if (devnull >= 0)
+            dup2(devnull, 0);
+        dup2(logfd, 1);
+        dup2(logfd, 2);
+        execve(corrald, argv, env);
+        _exit(127);
+    }
+    b->pid = pid;
+    uint64_t deadline = clock_mono_ms() + READY_TIMEOUT_MS;
+    for (;;) {
+        int status;
+
+        if (broker_logged(b, "event=ready")) {
+            rc = 0;
+            break;
+        }
+        if (waitpid(pid, &status, WNOHANG) == pid) {
+            b->pid = 0;
+            fprintf(stderr, "corral-bench: corrald exited during start-up (status %d)\n",
+                    WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status));
+            broker_dump_log(b);
+            break;
+        }
+        if (clock_mono_ms() > deadline || interrupted) {
+            fprintf(stderr, "corral-bench: corrald not ready within %d ms\n", READY_TIMEOUT_MS);
+            broker_dump_log(b);
+            break;
+        }
+        sleep_ms(2);
+    }
+out:
+    if (logfd >= 0)
+        close(logfd);
+    free(env);
+    if (rc != 0)
+        broker_cleanup(b);
+    return rc;
+}
+
+/* Reads the value of key (e.g. "commits=") in line; false when absent. */
+static bool
+logfmt_ull(const char *line, const char *key, unsigned long long *out)
+{
+    size_t klen = strlen(key);
+
+    for (const char *p = line; (p = strstr(p, key)) != NULL; p += klen) {
+        if (p != line && p[-1] != ' ')
+            continue;
+        char *end = NULL;
+        errno = 0;
+        unsigned long long v = strtoull(p + klen, &end, 10);
+        if (errno != 0 || end == p + klen || (*end != ' ' && *end != '\n' && *end != '\0'))
+            return false;
+        *out = v;
+        return true;
+    }
+    return false;
+}
+
+/* Stops corrald with SIGTERM, requires exit status 0 and reads its shutdown line. */
+static int
+broker_stop(struct broker *b, struct broker_stats *st)
+{
+    int status = 0;
+    uint64_t deadline = clock_mono_ms() + STOP_TIMEOUT_MS;
+    char *log = NULL;
+    int rc = -1;
+
+    if (kill(b->pid, SIGTERM) != 0) {
+        fprintf(stderr, "corral-bench: kill(corrald): %s\n", strerror(errno));
+        return -1;
+    }
+    for (;;) {
+        struct rusage ru;
+        pid_t r = wait4(b->pid, &status, WNOHANG, &ru);
+        if (r == b->pid) {
+            st->cpu_s = tv_s(&ru.ru_utime) + tv_s(&ru.ru_stime);
+            break;
+        }
+        if (r < 0 && errno != EINTR) {
+            fprintf(stderr, "corral-bench: waitpid(corrald): %s\n", strerror(errno));
+            return -1;
+        }
+        if (clock_mono_ms() > deadline) {
+            fprintf(stderr, "corral-bench: corrald did not exit within %d ms of SIGTERM\n",
+                    STOP_TIMEOUT_MS);
+            broker_dump_log(b);
+            return -1;
+        }
+        sleep_ms(2);
+    }
+    b->pid = 0;
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+        if (WIFEXITED(status))
+            fprintf(stderr, "corral-bench: corrald exited with status %d\n", WEXITSTATUS(status));
+        else
+            fprintf(stderr, "corral-bench: corrald killed by signal %d\n", WTERMSIG(status));
+        broker_dump_log(b);
+        return -1;
+    }
+    log = read_file(b->log_path);
+    const char *line = NULL;
+    for (const char *p = log; p != NULL && (p = strstr(p, "event=shutdown")) != NULL; p++)
+        line = p;
+    if (line == NULL) {
+        fprintf(stderr, "corral-bench: corrald logged no event=shutdown line\n");
+        goto out;
+    }
+    while (line > log && line[-1] != '\n')
+        line--;
+    const char *eol = strchr(line, '\n');
+    char buf[1024];
+    size_t len = eol != NULL ? (size_t)(eol - line) : strlen(line);
+    if (len >= sizeof buf)
+        len = sizeof buf - 1;
+    memcpy(buf, line, len);
+    buf[len] = '\0';
+    if (!logfmt_ull(buf, "turns=", &st->turns) || !logfmt_ull(buf, "commits=", &st->commits) ||
+        !logfmt_ull(buf, "rows=", &st->rows) || !logfmt_ull(buf, "malformed=", &st->malformed)) {
+        fprintf(stderr, "corral-bench: cannot read corrald's shutdown line: %s\n", buf);
+        goto out;
+    }
+    rc = 0;
+out:
+    free(log);
+    return rc;
+}
+
+/* ------------------------------------------------------------------ workers */
+
+struct worker_thread {
+    struct corral_worker *w;
+    pthread_t thread;
+    bool thread_started;
+    atomic_bool *stop;
+    unsigned long done;
+    int err; /* first failure, CORRAL_OK if none */
+};
+
+struct pool {
+    struct worker_thread *t;
+    int n;
+    atomic_bool stop;
+};
+
+/* Takes jobs and reports each done with an empty result, as fast as it can. */
+static void *
+worker_main(void *arg)
+{
+    struct worker_thread *t = arg;
+
+    while (!atomic_load_explicit(t->stop, memory_order_relaxed)) {
+        struct corral_job *job = NULL;
+        int rc = corral_worker_next(t->w, WORKER_POLL_MS, &job);
+
+        if (rc == CORRAL_ETIMEDOUT)
+            continue;
+        if (rc == CORRAL_OK) {
+            rc = corral_job_done(job, NULL, 0);
+            corral_job_free(&job);
+        }
+        if (rc != CORRAL_OK) {
+            t->err = rc;
+            atomic_store(&worker_failed, true);
+            break;
+        }
+        t->done++;
+    }
+    return NULL;
+}
+
+/* Stops and frees the workers; returns -1 when one of them failed. Adds the number of
+ * jobs they reported done to *done (may be NULL). */
+static int
+pool_stop(struct pool *p, unsigned long *done)
+{
+    int rc = 0;
+
+    if (p->t == NULL)
+        return 0;
+    atomic_store(&p->stop, true);
+    for (int i = 0; i < p->n; i++) {
+        struct worker_thread *t = &p->t[i];
+
+        if (t->thread_started)
+            pthread_join(t->thread, NULL);
+        if (t->err != CORRAL_OK) {
+            fprintf(stderr, "corral-bench: worker %d: %s\n", i, corral_strerror(t->err));
+            rc = -1;
+        }
+        if (done != NULL)
+            *done += t->done;
+        corral_worker_free(&t->w);
+    }
+    free(p->t);
+    p->t = NULL;
+    return rc;
+}
+
+static int
+pool_start(struct pool *p, const struct opts *o, const char *endpoint)
+{
+    const char *const kinds[] = {KIND};
+
+    p->n = o->workers;
+    atomic_init(&p->stop, false);
+    p->t = calloc((size_t)p->n, sizeof *p->t);
+    if (p->t == NULL)
+        return -1;
+    for (int i = 0; i < p->n; i++) {
+        struct worker_thread *t = &p->t[i];
+        int rc = corral_worker_new(&t->w, endpoint, kinds, 1, o->concurrency);
+
+        t->stop = &p->stop;
+        if (rc != CORRAL_OK) {
+            fprintf(stderr, "corral-bench: corral_worker_new: %s\n", corral_strerror(rc));
+            pool_stop(p, NULL);
+            return -1;
+        }
+        if (pthread_create(&t->thread, NULL, worker_main, t) != 0) {
+            fprintf(stderr, "corral-bench: pthread_create failed\n");
+            pool_stop(p, NULL);
+            return -1;
+        }
+        t->thread_started = true;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------ job id table */
+
+/* The ids of acknowledged submissions, and whether their end was seen: an
+ * open-addressing table that never deletes (sized for every job of the run). */
+enum { SLOT_EMPTY = 0, SLOT_SUBMITTED = 1, SLOT_ENDED = 2 };
+
+struct slot {
+    char id[CORRAL_ID_MAX];
+    unsigned char state;
+    unsigned char pad[32 - CORRAL_ID_MAX - 1]; /* one slot, one half cache line */
+};
+
+struct idtab {
+    struct slot *slots;
+    size_t cap; /* a power of two, at least twice the jobs */
+};
+
+static int
+idtab_init(struct idtab *t, size_t n)
+{
+    t->cap = 64;
+    while (t->cap < 2 * n)
+        t->cap *= 2;
+    t->slots = calloc(t->cap, sizeof *t->slots);
+    return t->slots != NULL ? 0 : -1;
+}
+
+static void
+idtab_fini(struct idtab *t)
+{
+    free(t->slots);
+    memset(t, 0, sizeof *t);
+}
+
+/* The slot holding id, or the empty slot where it would go. */
+static struct slot *
+idtab_find(const struct idtab *t, const char *id)
+{
+    uint64_t h = 1469598103934665603ULL;
+
+    for (const char *p = id; *p != '\0'; p++)
+        h = (h ^ (unsigned char)*p) * 1099511628211ULL;
+    size_t i = (size_t)(h ^ (h >> 29)) & (t->cap - 1);
+    while (t->slots[i].state != SLOT_EMPTY && strcmp(t->slots[i].id, id) != 0)
+        i = (i + 1) & (t->cap - 1);
+    return &t->slots[i];
+}
+
+/* Records an acknowledged submission; false if the id was already known. */
+static bool
+idtab_add(struct idtab *t, const char *id)
+{
+    struct slot *s = idtab_find(t, id);
+
+    if (s->state != SLOT_EMPTY)
+        return false;
+    snprintf(s->id, sizeof s->id, "%s", id);
+    s->state = SLOT_SUBMITTED;
+    return true;
+}
+
+/* ------------------------------------------------------------------ results */
+
+struct mode_result {
+    const char *sync;
+    bool ok;
+    /* throughput */
+    long jobs;
+    double elapsed_s;
+    double jobs_per_s;
+    struct broker_stats tp;
+    double commits_per_s;
+    double jobs_per_commit;
+    double rows_per_commit;
+    struct usage tp_use;
+    double corrald_us_per_job, bench_us_per_job;
+    /* round trip */
+    long rtt_runs;
+    double rtt_p50_us, rtt_p90_us, rtt_p99_us, rtt_max_us, rtt_min_us, rtt_mean_us;
+    struct broker_stats rt;
+    double rtt_commits_per_job;
+    struct usage rt_use;
+};
+
+/* ------------------------------------------------------------------ a session */
+
+/* What every run has: corrald, the workers, one client with a subscribed root group. */
+struct session {
+    struct broker b;
+    struct pool pool;
+    struct corral_client *c;
+    char group[CORRAL_ID_MAX];
+};
+
+static int
+session_open(struct session *s, const struct opts *o, const char *sync)
+{
+    int rc;
+
+    memset(s, 0, sizeof *s);
+    if (broker_start(&s->b, o, sync) != 0)
+        return -1;
+    if (pool_start(&s->pool, o, s->b.worker_ep) != 0)
+        return -1;
+    rc = corral_client_new(&s->c, s->b.client_ep, CLIENT_TIMEOUT_MS);
+    if (rc != CORRAL_OK) {
+        fprintf(stderr, "corral-bench: corral_client_new: %s\n", corral_strerror(rc));
+        return -1;
+    }
+    rc = corral_group_open(s->c, NULL, NULL, s->group, NULL);
+    if (rc == CORRAL_OK)
+        rc = corral_subscribe(s->c, s->group);
+    if (rc != CORRAL_OK) {
+        fprintf(stderr, "corral-bench: opening the group: %s: %s\n", corral_strerror(rc),
+                corral_client_last_error(s->c));
+        return -1;
+    }
+    /* The workers connect on their own; give them time to register so the clock does
+     * not measure start-up. */
+    sleep_ms(SETTLE_MS);
+    return interrupted ? -1 : 0;
+}
+
+/* Ends a session: on success (ok) checks that the workers ran exactly jobs jobs, stops
+ * corrald cleanly and reads its counters into st; always cleans up. Returns -1 if ok was
+ * false or anything failed here. */
+static int
+session_close(struct session *s, bool ok, long jobs, struct broker_stats *st)
+{
+    int rc = ok ? 0 : -1;
+    unsigned long done = 0;
+
+    if (pool_stop(&s->pool, &done) != 0)
+        rc = -1;
+    if (rc == 0 && done != (unsigned long)jobs) {
+        fprintf(stderr, "corral-bench: the workers ran %lu jobs for %ld submitted\n", done, jobs);
+        rc = -1;
+    }
+    corral_client_free(&s->c);
+    if (s->b.pid > 0 && rc == 0 && broker_stop(&s->b, st) != 0)
+        rc = -1;
+    broker_cleanup(&s->b);
+    return rc;
+}
+
+/* Takes every pipelined reply that has arrived; each must be an acknowledged,
+ * not-cancelled submission with a new id. */
+static int
+take_replies(struct corral_client *c, struct idtab *t, long *replies)
+{
+    struct corral_submit_result res;
+    int rc;
+
+    while ((rc = corral_submit_collect(c, 0, &res)) == CORRAL_OK) {
+        if (res.err != CORRAL_OK) {
+            fprintf(stderr, "corral-bench: submit refused: %s\n", corral_strerror(res.err));
+            return -1;
+        }
+        if (res.cancelled) {
+            fprintf(stderr, "corral-bench: job %s recorded cancelled at submission\n", res.id);
+            return -1;
+        }
+        if (!idtab_add(t, res.id)) {
+            fprintf(stderr, "corral-bench: job id %s given twice\n", res.id);
+            return -1;
+        }
+        (*replies)++;
+    }
+    if (rc != CORRAL_ETIMEDOUT) {
+        fprintf(stderr, "corral-bench: corral_submit_collect: %s\n", corral_strerror(rc));
+        return -1;
+    }
+    return 0;
+}
+
+/* Counts one event: 1 for the first SUCCEEDED end of a job submitted in this run, 0 for an
+ * event that is not a job's end, -1 for anything wrong. */
+static int
+count_event(struct corral_client *c, struct idtab *t, long *replies, const struct corral_event *ev)
+{
+    const struct corral_node *n = ev->node;
+
+    if (ev->type != CORRAL_EVENT_JOB_ENDED)
+        return 0;
+    if (n == NULL || n->type != CORRAL_NODE_JOB || n->id == NULL) {
+        fprintf(stderr, "corral-bench: malformed JOB_ENDED event\n");
+        return -1;
+    }
+    if (n->outcome != CORRAL_OUTCOME_SUCCEEDED) {
+        const char *o = corral_outcome_name(n->outcome);
+        fprintf(stderr, "corral-bench: job %s ended %s\n", n->id,
+                o != NULL ? o : "without outcome");
+        return -1;
+    }
+    struct slot *s = idtab_find(t, n->id);
+    if (s->state == SLOT_EMPTY) {
+        /* Its submit reply precedes it on the socket: it may still be in the ring. */
+        if (take_replies(c, t, replies) != 0)
+            return -1;
+        s = idtab_find(t, n->id);
+    }
+    if (s->state == SLOT_EMPTY) {
+        fprintf(stderr, "corral-bench: result for job %s, which was never acknowledged\n", n->id);
+        return -1;
+    }
+    if (s->state == SLOT_ENDED) {
+        fprintf(stderr, "corral-bench: job %s ended twice\n", n->id);
+        return -1;
+    }
+    s->state = SLOT_ENDED;
+    return 1;
+}
+
+/* The pipelined run. */
+static int
+run_throughput(const struct opts *o, const char *sync, struct mode_result *r)
+{
+    struct session s;
+    struct idtab t = {0};
+    long submitted = 0, replies = 0, ended = 0;
+    uint64_t t0 = 0, t1 = 0;
+    long idle_waits = 0;
+    bool ok = false;
+    int rc;
+
+    if (idtab_init(&t, (size_t)o->jobs) != 0) {
+        fprintf(stderr, "corral-bench: out of memory\n");
+        return -1;
+    }
+    if (session_open(&s, o, sync) != 0)
+        goto out;
+    usage_begin(&r->tp_use);
+    t0 = clock_mono_us();
+    while (ended < o->jobs) {
+        long before = ended;
+        bool room = true;
+        int timeout;
+
+        if (must_stop())
+            goto out;
+        for (long k = 0; k < o->burst; k++) {
+            uint64_t token;
+
+            room = submitted < o->jobs && submitted - ended < o->window;
+            if (!room)
+                break;
+            rc = corral_submit_async(s.c, s.group, KIND, NULL, 0, &token);
+            if (rc != CORRAL_OK) {
+                fprintf(stderr, "corral-bench: corral_submit_async: %s: %s\n", corral_strerror(rc),
+                        corral_client_last_error(s.c));
+                goto out;
+            }
+            submitted++;
+        }
+        room = submitted < o->jobs && submitted - ended < o->window;
+        /* Nothing more to submit now: wait for results instead of spinning. */
+        timeout = room ? 0 : WAIT_MS;
+        if (take_replies(s.c, &t, &replies) != 0)
+            goto out;
+        for (;;) {
+            struct corral_event *ev = NULL;
+
+            rc = corral_next_event(s.c, timeout, &ev);
+            if (rc == CORRAL_ETIMEDOUT)
+                break;
+            if (rc != CORRAL_OK) {
+                fprintf(stderr, "corral-bench: corral_next_event: %s\n", corral_strerror(rc));
+                goto out;
+            }
+            timeout = 0;
+            int n = count_event(s.c, &t, &replies, ev);
+            corral_event_free(&ev);
+            if (n < 0)
+                goto out;
+            ended += n;
+            if (ended == o->jobs)
+                break;
+        }
+        /* Each empty wait lasted WAIT_MS. */
+        idle_waits = ended == before && timeout > 0 ? idle_waits + 1 : 0;
+        if (idle_waits * WAIT_MS >= STALL_MS) {
+            fprintf(stderr,
+                    "corral-bench: no result for %d s (%ld submitted, %ld acknowledged, "
+                    "%ld ended)\n",
+                    STALL_MS / 1000, submitted, replies, ended);
+            goto out;
+        }
+    }
+    t1 = clock_mono_us();
+    usage_end(&r->tp_use);
+    if (take_replies(s.c, &t, &replies) != 0)
+        goto out;
+    if (replies != o->jobs || submitted != o->jobs) {
+        fprintf(stderr, "corral-bench: %ld submitted, %ld acknowledged, %ld ended\n", submitted,
+                replies, ended);
+        goto out;
+    }
+    ok = true;
+out:
+    if (session_close(&s, ok, o->jobs, &r->tp) != 0)
+        ok = false;
+    idtab_fini(&t);
+    if (!ok)
+        return -1;
+    r->jobs = ended;
+    r->elapsed_s = (double)(t1 - t0) / 1e6;
+    r->jobs_per_s = (double)ended / r->elapsed_s;
+    r->commits_per_s = (double)r->tp.commits / r->elapsed_s;
+    r->jobs_per_commit = r->tp.commits > 0 ? (double)ended / (double)r->tp.commits : 0;
+    r->rows_per_commit = r->tp.commits > 0 ? (double)r->tp.rows / (double)r->tp.commits : 0;
+    r->corrald_us_per_job = r->tp.cpu_s * 1e6 / (double)ended;
+    r->bench_us_per_job = r->tp_use.bench_cpu_s * 1e6 / (double)ended;
+    usage_shares(&r->tp_use, r->tp.cpu_s);
+    return 0;
+}
+
+static int
+cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* The nearest-rank percentile q (0..1] of sorted v[0..n). */
+static double
+percentile(const uint64_t *v, size_t n, double q)
+{
+    size_t rank = (size_t)(q * (double)n + 0.999999);
+
+    if (rank < 1)
+        rank = 1;
+    if (rank > n)
+        rank = n;
+    return (double)v[rank - 1];
+}
+
+/* The one-job-at-a-time run. */
+static int
+run_rtt(const struct opts *o, const char *sync, struct mode_result *r)
+{
+    struct session s;
+    long total = o->warmup + o->rtt;
+    uint64_t *samples = calloc((size_t)o->rtt, sizeof *samples);
+    bool ok = false;
+
+    if (samples == NULL) {
+        fprintf(stderr, "corral-bench: out of memory\n");
+        return -1;
+    }
+    if (session_open(&s, o, sync) != 0)
+        goto out;
+    usage_begin(&r->rt_use);
+    for (long i = 0; i < total; i++) {
+        char id[CORRAL_ID_MAX];
+        bool cancelled = false, seen = false;
+        uint64_t start = clock_mono_us();
+        int rc = corral_submit(s.c, s.group, KIND, NULL, 0, id, &cancelled);
+
+        if (rc != CORRAL_OK || cancelled) {
+            fprintf(stderr, "corral-bench: corral_submit: %s\n",
+                    rc != CORRAL_OK ? corral_client_last_error(s.c) : "recorded cancelled");
+            goto out;
+        }
+        for (int waited = 0; !seen;) {
+            struct corral_event *ev = NULL;
+
+            if (must_stop())
+                goto out;
+            rc = corral_next_event(s.c, WAIT_MS, &ev);
+            if (rc == CORRAL_ETIMEDOUT && (waited += WAIT_MS) < CLIENT_TIMEOUT_MS)
+                continue;
+            if (rc != CORRAL_OK) {
+                fprintf(stderr, "corral-bench: waiting for job %s: %s\n", id, corral_strerror(rc));
+                goto out;
+            }
+            if (ev->type == CORRAL_EVENT_JOB_ENDED && ev->node != NULL &&
+                ev->node->type == CORRAL_NODE_JOB && ev->node->id != NULL &&
+                strcmp(ev->node->id, id) == 0) {
+                if (ev->node->outcome != CORRAL_OUTCOME_SUCCEEDED) {
+                    fprintf(stderr, "corral-bench: job %s did not succeed\n", id);
+                    corral_event_free(&ev);
+                    goto out;
+                }
+                seen = true;
+            }
+            corral_event_free(&ev);
+        }
+        uint64_t end = clock_mono_us();
+        if (i >= o->warmup)
+            samples[i - o->warmup] = end - start;
+    }
+    usage_end(&r->rt_use);
+    ok = true;
+out:
+    if (session_close(&s, ok, total, &r->rt) != 0)
+        ok = false;
+    if (ok) {
+        size_t n = (size_t)o->rtt;
+        double sum = 0;
+
+        qsort(samples, n, sizeof *samples, cmp_u64);
+        for (size_t i = 0; i < n; i++)
+            sum += (double)samples[i];
+        r->rtt_runs = o->rtt;
+        r->rtt_min_us = (double)samples[0];
+        r->rtt_p50_us = percentile(samples, n, 0.50);
+        r->rtt_p90_us = percentile(samples, n, 0.90);
+        r->rtt_p99_us = percentile(samples, n, 0.99);
+        r->rtt_max_us = (double)samples[n - 1];
+        r->rtt_mean_us = sum / (double)n;
+        r->rtt_commits_per_job = (double)r->rt.commits / (double)total;
+        usage_shares(&r->rt_use, r->rt.cpu_s);
+    }
+    free(samples);
+    return ok ? 0 : -1;
+}
+
+/* ------------------------------------------------------------------ output */
+
+static const char *
+transport(const struct opts *o)
+{
+    return o->tcp ? "tcp" : "ipc";
+}
+
+static void
+print_text(const struct opts *o, const struct mode_result *r)
+{
+    printf("sync=%s transport=%s workers=%d concurrency=%u window=%ld\n", r->sync, transport(o),
+           o->workers, o->concurrency, o->window);
+    printf("  throughput: %ld jobs in %.3f s = %.0f jobs/s end to end\n", r->jobs, r->elapsed_s,
+           r->jobs_per_s);
+    printf("  corrald:    %llu commits = %.0f commits/s, %.1f jobs per commit "
+           "(%llu rows, %.1f per commit; %llu turns)\n",
+           r->tp.commits, r->commits_per_s, r->jobs_per_commit, r->tp.rows, r->rows_per_commit,
+           r->tp.turns);
+    printf("  cpu:        corrald %.1f us/job, bench %.1f us/job (client and workers); "
+           "machine %.0f%% busy (other processes %.0f%%, steal %.0f%%)\n",
+           r->corrald_us_per_job, r->bench_us_per_job, 100 * r->tp_use.busy, 100 * r->tp_use.other,
+           100 * r->tp_use.steal);
+    printf("  round trip: %ld runs after %ld warm-up: p50 %.0f us, p90 %.0f us, p99 %.0f us, "
+           "max %.0f us (min %.0f, mean %.0f; %.2f commits per job)\n",
+           r->rtt_runs, o->warmup, r->rtt_p50_us, r->rtt_p90_us, r->rtt_p99_us, r->rtt_max_us,
+           r->rtt_min_us, r->rtt_mean_us, r->rtt_commits_per_job);
+    printf("              machine %.0f%% busy during them (other processes %.0f%%, steal %.0f%%)\n",
+           100 * r->rt_use.busy, 100 * r->rt_use.other, 100 * r->rt_use.steal);
+    fflush(stdout);
+}
+
+static void
+print_json(const struct opts *o, const struct mode_result *rs, int nr, bool ok)
+{
+    printf("{\"ok\": %s, \"jobs\": %ld, \"workers\": %d, \"concurrency\": %u, \"window\": %ld, "
+           "\"burst\": %ld, \"rtt_runs\": %ld, \"warmup\": %ld, \"transport\": \"%s\"",
+           ok ? "true" : "false", o->jobs, o->workers, o->concurrency, o->window, o->burst, o->rtt,
+           o->warmup, transport(o));
+    for (int i = 0; i < nr; i++) {
+        const struct mode_result *r = &rs[i];
+        if (!r->ok) {
+            printf(", \"%s\": null", r->sync);
+            continue;
+        }
+        printf(", \"%s\": {\"jobs_per_s\": %.1f, \"elapsed_s\": %.6f, \"commits\": %llu, "
+               "\"commits_per_s\": %.1f, \"jobs_per_commit\": %.2f, \"rows\": %llu, "
+               "\"rows_per_commit\": %.2f, \"turns\": %llu, ",
+               r->sync, r->jobs_per_s, r->elapsed_s, r->tp.commits, r->commits_per_s,
+               r->jobs_per_commit, r->tp.rows, r->rows_per_commit, r->tp.turns);
+        printf("\"corrald_cpu_us_per_job\": %.1f, \"bench_cpu_us_per_job\": %.1f, "
+               "\"machine_busy\": %.2f, \"other_cpu_share\": %.2f, \"steal_share\": %.2f, ",
+               r->corrald_us_per_job, r->bench_us_per_job, r->tp_use.busy, r->tp_use.other,
+               r->tp_use.steal);
+        printf("\"rtt_p50_us\": %.0f, \"rtt_p90_us\": %.0f, \"rtt_p99_us\": %.0f, "
+               "\"rtt_max_us\": %.0f, \"rtt_min_us\": %.0f, \"rtt_mean_us\": %.1f, "
+               "\"rtt_commits_per_job\": %.2f, \"rtt_machine_busy\": %.2f, "
+               "\"rtt_other_cpu_share\": %.2f, \"rtt_steal_share\": %.2f}",
+               r->rtt_p50_us, r->rtt_p90_us, r->rtt_p99_us, r->rtt_max_us, r->rtt_min_us,
+               r->rtt_mean_us, r->rtt_commits_per_job, r->rt_use.busy, r->rt_use.other,
+               r->rt_use.steal);
+    }
+    printf("}\n");
+}
+
+int
+main(int argc, char **argv)
+{
+    struct opts o;
+    struct mode_result rs[2];
+    int nr = 0, rc;
+    bool ok = true;
+    struct sigaction sa;
+
+    rc = parse_args(argc, argv, &o);
+    if (rc != 0)
+        return rc;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    memset(rs, 0, sizeof rs);
+    for (int m = SYNC_FULL; m <= SYNC_NORMAL && ok && !interrupted; m <<= 1) {
+        if (!(o.sync_mask & m))
+            continue;
+        struct mode_result *r = &rs[nr++];
+        r->sync = m == SYNC_FULL ? "full" : "normal";
+        r->ok = run_throughput(&o, r->sync, r) == 0 && run_rtt(&o, r->sync, r) == 0;
+        if (!r->ok)
+            ok = false;
+        else if (!o.json)
+            print_text(&o, r);
+    }
+    if (interrupted)
+        ok = false;
+    if (o.json)
+        print_json(&o, rs, nr, ok);
+    return ok ? 0 : 1;
+}
