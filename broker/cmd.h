@@ -54,6 +54,7 @@ struct cmd {
     const char *kind;         /* SUBMIT */
     struct bytes data;        /* SUBMIT payload, DONE result, STARTED value, FAILED details */
     const char *reason;       /* CANCEL_* */
+    uint32_t event_mask;      /* SUBSCRIBE: bit (1 << enum event_type) per type; 0: all */
     uint32_t attempt;         /* worker reports */
     const char *err_type;     /* FAILED */
     const char *err_message;  /* FAILED */

@@ -582,14 +582,17 @@ on_submit(struct engine *e, const struct peer *from, const struct cmd *c)
     eappend((void ***)&g->children, &g->nchildren, &g->capchildren, j);
     g->unended++;
     e->stats.jobs_submitted++;
-    node_set_state(e, &j->n, ST_QUEUED);
     bool cancelled = g->n.cancel_called;
     if (cancelled) {
-        /* D1 / S5: recorded, ended CANCELLED, never dispatched. */
-        enum cancel_source src =
+        /* D1 / S5: recorded, ended CANCELLED, never queued nor dispatched. A job is
+         * QUEUED exactly while it is in its kind's queue, so it goes straight to ENDED. */
+        j->n.cancel_called = true;
+        j->n.cancel_source =
             g->n.cancel_source == SRC_SIBLING_FAILED ? SRC_SIBLING_FAILED : SRC_PARENT;
-        cancel_node(e, &j->n, src, g->n.cancel_reason);
+        j->n.cancel_reason = g->n.cancel_reason ? estrdup(g->n.cancel_reason) : NULL;
+        job_end(e, j, OUT_CANCELLED);
     } else {
+        node_set_state(e, &j->n, ST_QUEUED);
         kind_enqueue(e, j);
     }
     struct out_msg *m = reply(e, from, c->request_id, CORRAL_OK, NULL);
@@ -628,11 +631,13 @@ on_cancel(struct engine *e, const struct peer *from, const struct cmd *c)
 }
 
 static void
-add_listener(struct listener **list, const struct peer *from, uint64_t request_id)
+add_listener(struct listener **list, const struct peer *from, uint64_t request_id,
+             uint32_t event_mask)
 {
     struct listener *l = ecalloc(1, sizeof(*l));
     l->peer = *from;
     l->request_id = request_id;
+    l->event_mask = event_mask;
     l->next = *list;
     *list = l;
 }
@@ -647,7 +652,7 @@ on_tree_wait_subscribe(struct engine *e, const struct peer *from, const struct c
     if (c->type == CMD_GET_TREE || (c->type == CMD_WAIT_GROUP && ended)) {
         reply(e, from, c->request_id, CORRAL_OK, NULL)->tree = tree_build(e, &g->n, true);
     } else if (c->type == CMD_WAIT_GROUP) {
-        add_listener(&g->waiters, from, c->request_id);
+        add_listener(&g->waiters, from, c->request_id, 0);
     } else {
         reply(e, from, c->request_id, CORRAL_OK, NULL);
         if (ended) {
@@ -660,7 +665,7 @@ on_tree_wait_subscribe(struct engine *e, const struct peer *from, const struct c
             m->subscription = g->n.idstr;
             m->node = tree_build(e, &g->n, false);
         } else {
-            add_listener(&g->subs, from, c->request_id);
+            add_listener(&g->subs, from, c->request_id, c->event_mask);
             e->nsubs++;
         }
     }

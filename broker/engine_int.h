@@ -36,6 +36,7 @@ struct node {
 struct listener {
     struct peer peer;
     uint64_t request_id;
+    uint32_t event_mask; /* subscriptions: the event types wanted; 0: all */
     struct listener *next;
 };
 

@@ -125,9 +125,13 @@ emit_event(struct engine *e, struct node *n, enum event_type type)
         struct group *g = as_group(a);
         if (g == NULL || g->subs == NULL)
             continue;
-        if (shallow == NULL)
-            shallow = tree_build(e, n, false);
+        /* A subscription's own group ending is its last event, whatever its filter. */
+        bool last = a == n && type == EV_GROUP_ENDED;
         for (struct listener *s = g->subs; s; s = s->next) {
+            if (!last && s->event_mask && !(s->event_mask & (1u << type)))
+                continue;
+            if (shallow == NULL)
+                shallow = tree_build(e, n, false);
             struct out_msg *m = outbox_msg(e->out, OUTMSG_EVENT, &s->peer);
             if (m == NULL)
                 engine_oom();
@@ -136,7 +140,7 @@ emit_event(struct engine *e, struct node *n, enum event_type type)
             m->subscription = g->n.idstr;
             m->node = shallow;
         }
-        if (a == n && type == EV_GROUP_ENDED) {
+        if (last) {
             for (struct listener *s = g->subs; s; s = s->next)
                 e->nsubs--;
             listeners_free(&g->subs);

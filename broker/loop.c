@@ -30,6 +30,7 @@ struct loop {
     void *sock[2];    /* by enum peer_side */
     void *monitor[2]; /* PAIR sockets receiving each ROUTER's connection events */
     struct outbox out;
+    struct wire_encoder enc;
     struct loop_stats stats;
     bool stopping;
 };
@@ -86,6 +87,7 @@ loop_new(struct loop **out, const struct config *cfg, struct engine *eng, struct
     l->store = store;
     l->sigfd = signal_fd;
     outbox_init(&l->out);
+    wire_encoder_init(&l->enc);
     l->ctx = zmq_ctx_new();
     if (l->ctx == NULL) {
         snprintf(err, errlen, "cannot create the ZeroMQ context: %s", zmq_strerror(errno));
@@ -118,6 +120,7 @@ loop_free(struct loop **p)
     if (l->ctx)
         zmq_ctx_term(l->ctx);
     outbox_fini(&l->out);
+    wire_encoder_fini(&l->enc);
     free(l);
     *p = NULL;
 }
@@ -236,31 +239,22 @@ read_monitor(struct loop *l, enum peer_side side)
     }
 }
 
-static void
-free_buffer(void *data, void *hint)
-{
-    (void)hint;
-    free(data);
-}
-
 /* Sends one message; a vanished peer is forgotten, a full queue is counted and logged
  * (never silently dropped). */
 static void
 send_one(struct loop *l, const struct out_msg *m)
 {
-    uint8_t *buf = NULL;
+    const uint8_t *buf = NULL;
     size_t len = 0;
-    if (wire_encode(m, &buf, &len) != 0) {
+    if (wire_encode(&l->enc, m, &buf, &len) != 0) {
         log_event(LOG_ERROR, "encode_failed", "side=%s", side_name[m->to.side]);
         return;
     }
     void *s = l->sock[m->to.side];
-    zmq_msg_t body;
-    zmq_msg_init_data(&body, buf, len, free_buffer, NULL);
+    /* zmq_send copies the body into one allocation of its own. */
     if (zmq_send(s, m->to.id, m->to.len, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0 ||
-        zmq_msg_send(&body, s, ZMQ_DONTWAIT) < 0) {
+        zmq_send(s, buf, len, ZMQ_DONTWAIT) < 0) {
         int e = errno;
-        zmq_msg_close(&body);
         if (e == EHOSTUNREACH) {
             l->stats.unreachable++;
             engine_peer_gone(l->eng, &m->to);

@@ -165,6 +165,14 @@ decode_client(const Corral__V1__Envelope *env, struct cmd *c, const char **errms
             return CORRAL_EBADREQUEST;
         }
         c->id = env->subscribe->group;
+        for (size_t i = 0; i < env->subscribe->n_types; i++) {
+            int t = (int)env->subscribe->types[i];
+            if (t < EV_JOB_DISPATCHED || t > EV_GROUP_ENDED) {
+                *errmsg = "subscribe: unknown event type in types";
+                return CORRAL_EBADREQUEST;
+            }
+            c->event_mask |= 1u << t;
+        }
         return 0;
     default:
         *errmsg = "internal: not a client request";
@@ -624,31 +632,49 @@ wire_code(enum corral_err code)
     return (Corral__V1__ErrorCode)code;
 }
 
-/* Packs env into a malloc'd buffer returned owned in *buf and *len. Returns 0 or
- * CORRAL_ENOMEM. */
+/* Packs env into w's buffer, growing it when needed. Returns 0, CORRAL_ENOMEM, or
+ * CORRAL_EINTERNAL when protobuf-c packs another size than it announced. */
 static int
-pack_envelope(const Corral__V1__Envelope *env, uint8_t **buf, size_t *len)
+pack_envelope(struct wire_encoder *w, const Corral__V1__Envelope *env, size_t *len)
 {
     size_t n = corral__v1__envelope__get_packed_size(env);
-    uint8_t *out = malloc(n > 0 ? n : 1);
-    if (out == NULL)
-        return CORRAL_ENOMEM;
-    size_t done = corral__v1__envelope__pack(env, out);
-    if (done != n) {
-        free(out);
-        return CORRAL_EINTERNAL;
+    if (n > w->cap) {
+        size_t cap = w->cap ? w->cap : 4096;
+        while (cap < n)
+            cap *= 2;
+        uint8_t *grown = realloc(w->buf, cap);
+        if (grown == NULL)
+            return CORRAL_ENOMEM;
+        w->buf = grown;
+        w->cap = cap;
     }
-    *buf = out;
+    if (corral__v1__envelope__pack(env, w->buf) != n)
+        return CORRAL_EINTERNAL;
     *len = n;
     return 0;
 }
 
-/* Serializes m (borrowed) into *buf (returned owned, malloc'd) and *len; see wire.h.
- * Returns 0, CORRAL_ENOMEM, or CORRAL_EINVAL for an unknown message type. The protobuf
- * structs live in a temporary arena freed before returning; strings and bytes are not
- * copied. */
+void
+wire_encoder_init(struct wire_encoder *w)
+{
+    w->buf = NULL;
+    w->cap = 0;
+    arena_init(&w->scratch);
+}
+
+void
+wire_encoder_fini(struct wire_encoder *w)
+{
+    free(w->buf);
+    w->buf = NULL;
+    w->cap = 0;
+    arena_fini(&w->scratch);
+}
+
+/* Serializes m (borrowed) into w's buffer; see wire.h. The protobuf structs live in
+ * w's scratch arena, rewound on every call; strings and bytes are not copied. */
 int
-wire_encode(const struct out_msg *m, uint8_t **buf, size_t *len)
+wire_encode(struct wire_encoder *w, const struct out_msg *m, const uint8_t **out, size_t *len)
 {
     Corral__V1__Envelope env = CORRAL__V1__ENVELOPE__INIT;
     Corral__V1__Reply reply = CORRAL__V1__REPLY__INIT;
@@ -657,10 +683,10 @@ wire_encode(const struct out_msg *m, uint8_t **buf, size_t *len)
     Corral__V1__Event event = CORRAL__V1__EVENT__INIT;
     Corral__V1__Shutdown shut = CORRAL__V1__SHUTDOWN__INIT;
     uint32_t versions[1] = {WIRE_VERSION};
-    struct arena a;
+    struct arena *a = &w->scratch;
     int rc = 0;
 
-    arena_init(&a);
+    arena_reset(a);
     env.version = WIRE_VERSION;
     env.request_id = m->request_id;
 
@@ -673,7 +699,7 @@ wire_encode(const struct out_msg *m, uint8_t **buf, size_t *len)
         reply.id = pbstr(m->id);
         reply.cancelled = m->cancelled;
         if (m->tree != NULL) {
-            reply.tree = build_node(&a, m->tree, true);
+            reply.tree = build_node(a, m->tree, true);
             if (reply.tree == NULL) {
                 rc = CORRAL_ENOMEM;
                 goto out;
@@ -688,8 +714,8 @@ wire_encode(const struct out_msg *m, uint8_t **buf, size_t *len)
         reply.heartbeat_timeout_ms = m->hb_timeout_ms;
         if (m->nreclaimed > 0 && m->reclaimed != NULL) {
             static const Corral__V1__RunningJob rj_init = CORRAL__V1__RUNNING_JOB__INIT;
-            Corral__V1__RunningJob *rjs = alloc_array(&a, m->nreclaimed, sizeof(*rjs));
-            Corral__V1__RunningJob **ptrs = alloc_array(&a, m->nreclaimed, sizeof(*ptrs));
+            Corral__V1__RunningJob *rjs = alloc_array(a, m->nreclaimed, sizeof(*rjs));
+            Corral__V1__RunningJob **ptrs = alloc_array(a, m->nreclaimed, sizeof(*ptrs));
             if (rjs == NULL || ptrs == NULL) {
                 rc = CORRAL_ENOMEM;
                 goto out;
@@ -729,7 +755,7 @@ wire_encode(const struct out_msg *m, uint8_t **buf, size_t *len)
         event.type = (Corral__V1__EventType)m->event;
         event.subscription = pbstr(m->subscription);
         if (m->node != NULL) {
-            event.node = build_node(&a, m->node, false);
+            event.node = build_node(a, m->node, false);
             if (event.node == NULL) {
                 rc = CORRAL_ENOMEM;
                 goto out;
@@ -744,9 +770,10 @@ wire_encode(const struct out_msg *m, uint8_t **buf, size_t *len)
         rc = CORRAL_EINVAL;
         goto out;
     }
-    rc = pack_envelope(&env, buf, len);
+    rc = pack_envelope(w, &env, len);
+    if (rc == 0)
+        *out = w->buf;
 
 out:
-    arena_fini(&a);
     return rc;
 }

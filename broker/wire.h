@@ -22,10 +22,21 @@ int wire_decode(const uint8_t *buf, size_t len, enum peer_side side, struct cmd 
                 struct wire_decoded **holder, uint64_t *request_id, const char **errmsg);
 void wire_decoded_free(struct wire_decoded **p);
 
-/* Serializes m (borrowed) as an Envelope of version 1 into a malloc'd buffer returned
- * owned in *buf and *len. Returns 0, CORRAL_ENOMEM, or CORRAL_EINVAL / CORRAL_EINTERNAL
- * for a message the encoder does not know (a bug). Reply codes of 100 and more (local
- * codes) go on the wire as ERR_INTERNAL. */
-int wire_encode(const struct out_msg *m, uint8_t **buf, size_t *len);
+/* A reusable encoder: its output buffer and scratch memory are kept between messages,
+ * so encoding allocates nothing once warm. */
+struct wire_encoder {
+    uint8_t *buf;
+    size_t cap;
+    struct arena scratch;
+};
+
+void wire_encoder_init(struct wire_encoder *w);
+void wire_encoder_fini(struct wire_encoder *w);
+
+/* Serializes m (borrowed) as an Envelope of version 1 into w's buffer: *out (borrowed
+ * from w) and *len stay valid until the next call. Returns 0, CORRAL_ENOMEM, or CORRAL_EINVAL /
+ * CORRAL_EINTERNAL for a message the encoder does not know (a bug). Reply codes of 100 and more
+ * (local codes) go on the wire as ERR_INTERNAL. */
+int wire_encode(struct wire_encoder *w, const struct out_msg *m, const uint8_t **out, size_t *len);
 
 #endif

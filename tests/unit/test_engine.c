@@ -630,3 +630,40 @@ Test(engine, d5_job_outcome_waits_for_its_groups_and_takes_their_failure)
     /* and the root's exception group nests it */
     cr_assert_str_eq(t->error->exceptions[0].type, "ExceptionGroup");
 }
+
+Test(engine, subscribe_filter_and_last_event)
+{
+    ready(&W1, "k", 4);
+    const char *g = open_group(NULL);
+    struct out_msg *r = req(
+        &CLIENT, (struct cmd){.type = CMD_SUBSCRIBE, .id = g, .event_mask = 1u << EV_JOB_ENDED});
+    cr_assert_eq(r->code, 0);
+    const char *j = submit(g, "k");
+    cr_assert_eq(count(OUTMSG_EVENT, &CLIENT), 0, "JOB_DISPATCHED was filtered out");
+    cr_assert_eq(report(&W1, CMD_DONE, j, 1, "r"), 0);
+    cr_assert_eq(count(OUTMSG_EVENT, &CLIENT), 1);
+    const struct out_msg *ev = find_msg(OUTMSG_EVENT, NULL);
+    cr_assert_eq(ev->event, EV_JOB_ENDED);
+    cr_assert_str_eq(ev->node->id, j);
+    cr_assert_eq(simple(CMD_CLOSE_GROUP, g, NULL), 0);
+    ev = find_msg(OUTMSG_EVENT, NULL);
+    cr_assert_not_null(ev, "the group's own end always arrives");
+    cr_assert_eq(ev->event, EV_GROUP_ENDED);
+}
+
+Test(engine, s5_submit_into_cancelled_group_leaves_the_queue_alone)
+{
+    /* Regression: the born-cancelled job was unlinked from a queue it was never in,
+     * which emptied its kind's queue. */
+    const char *other = open_group(NULL);
+    const char *waiting = submit(other, "k");
+    ready(&W2, "busy", 1);
+    const char *g = open_group(NULL);
+    submit(g, "busy"); /* running: keeps g CANCELLING after the cancel */
+    cr_assert_eq(simple(CMD_CANCEL_GROUP, g, NULL), 0);
+    bool cancelled = false;
+    submit_full(g, "k", &cancelled);
+    cr_assert(cancelled);
+    ready(&W1, "k", 4);
+    cr_assert_not_null(find_msg(OUTMSG_DISPATCH, waiting), "the other group's job still runs");
+}

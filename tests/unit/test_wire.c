@@ -67,12 +67,14 @@ expect_fail(const Corral__V1__Envelope *env, enum peer_side side, int want)
 static Corral__V1__Envelope *
 roundtrip(const struct out_msg *m)
 {
-    uint8_t *buf = NULL;
+    struct wire_encoder w;
+    wire_encoder_init(&w);
+    const uint8_t *buf = NULL;
     size_t len = 0;
-    cr_assert_eq(wire_encode(m, &buf, &len), 0);
+    cr_assert_eq(wire_encode(&w, m, &buf, &len), 0);
     cr_assert_not_null(buf);
     Corral__V1__Envelope *env = corral__v1__envelope__unpack(NULL, len, buf);
-    free(buf);
+    wire_encoder_fini(&w);
     cr_assert_not_null(env);
     cr_assert_eq(env->version, 1);
     cr_assert_eq(env->request_id, m->request_id);
@@ -445,10 +447,35 @@ Test(wire, encode_shutdown)
 Test(wire, encode_unknown_type)
 {
     struct out_msg m = {.type = (enum out_type)99};
-    uint8_t *buf = NULL;
+    struct wire_encoder w;
+    wire_encoder_init(&w);
+    const uint8_t *buf = NULL;
     size_t len = 0;
-    cr_assert_eq(wire_encode(&m, &buf, &len), CORRAL_EINVAL);
+    cr_assert_eq(wire_encode(&w, &m, &buf, &len), CORRAL_EINVAL);
     cr_assert_null(buf);
+    wire_encoder_fini(&w);
+}
+
+Test(wire, encoder_reuses_its_buffer)
+{
+    struct wire_encoder w;
+    wire_encoder_init(&w);
+    struct out_msg m = {.type = OUTMSG_DISPATCH,
+                        .job = "j1",
+                        .kind = "k",
+                        .group = "g1",
+                        .message = "",
+                        .id = "",
+                        .reason = "",
+                        .subscription = ""};
+    const uint8_t *a = NULL, *b = NULL;
+    size_t la = 0, lb = 0;
+    cr_assert_eq(wire_encode(&w, &m, &a, &la), 0);
+    m.job = "j22";
+    cr_assert_eq(wire_encode(&w, &m, &b, &lb), 0);
+    cr_assert_eq(a, b, "the second message reuses the first one's buffer");
+    cr_assert_eq(lb, la + 1);
+    wire_encoder_fini(&w);
 }
 
 /* ------------------------------------------------------------------ decode: requests */
