@@ -730,8 +730,9 @@ Test(cli, submit_into_cancelled_group_prints_id, .timeout = 120)
     start(&b, &w);
     char g[CORRAL_ID_MAX], st[CORRAL_ID_MAX], late[CORRAL_ID_MAX];
     CTL_ID(&b, g, "group", "open");
-    /* A stubborn child keeps the cancelled group from ending for a while. */
-    CTL_ID(&b, st, "submit", g, "stubborn", "--payload", "1500");
+    /* A stubborn child (ignores cancel for 6 s) keeps the cancelled group from ending
+     * meanwhile, even under valgrind. */
+    CTL_ID(&b, st, "submit", g, "stubborn", "--payload", "6000");
     struct started_probe sp = {w, 1};
     cr_assert(eventually(worker_started, &sp, 10000));
     struct run r;
@@ -757,6 +758,57 @@ Test(cli, submit_into_cancelled_group_prints_id, .timeout = 120)
                  "its result (S3)");
     cr_assert_str_eq(t->cancel_reason, "enough");
     corral_node_free(&t);
+    finish(&b, &w);
+}
+
+/* A submission into a cancelled group is recorded CANCELLED and never queued; it must not
+ * disturb the jobs of its kind that are queued elsewhere (found by the S12 flood: they
+ * stayed QUEUED forever, even for a new worker). */
+Test(cli, submit_into_cancelled_group_leaves_queue_alone, .timeout = 120)
+{
+    struct broker b;
+    struct test_worker *w;
+    start(&b, &w);
+    char g0[CORRAL_ID_MAX], waiting[CORRAL_ID_MAX];
+    char g[CORRAL_ID_MAX], st[CORRAL_ID_MAX], late[CORRAL_ID_MAX];
+    struct run r;
+    /* No worker serves "later" yet: this job waits in its queue. */
+    CTL_ID(&b, g0, "group", "open");
+    CTL_ID(&b, waiting, "submit", g0, "later", "--payload", "queued before");
+
+    CTL_ID(&b, g, "group", "open");
+    CTL_ID(&b, st, "submit", g, "stubborn", "--payload", "6000");
+    struct started_probe sp = {w, 1};
+    cr_assert(eventually(worker_started, &sp, 10000));
+    CTL(&b, &r, "group", "cancel", g);
+    EXPECT_STATUS(&r, 0, "cancel");
+    CTL_ID(&b, late, "submit", g, "later", "--payload", "never runs");
+
+    /* Now a worker for "later" arrives: the job queued before must be dispatched. */
+    struct raw_peer p;
+    raw_connect(&p, b.worker_ep);
+    const char *const kinds[] = {"later"};
+    Corral__V1__Envelope *rep = raw_worker_ready(&p, kinds, 1, 1, NULL, NULL, 0);
+    corral__v1__envelope__free_unpacked(rep, NULL);
+    Corral__V1__Envelope *d =
+        raw_worker_expect(&p, CORRAL__V1__ENVELOPE__BODY_DISPATCH, 5000, true);
+    cr_assert_not_null(d, "the job queued before the submission into the cancelled group "
+                          "was never dispatched");
+    cr_assert_str_eq(d->dispatch->job, waiting);
+    cr_assert_eq(raw_worker_done(&p, waiting, d->dispatch->attempt, "served"), CORRAL_OK);
+    corral__v1__envelope__free_unpacked(d, NULL);
+    d = raw_worker_next(&p, 300, true);
+    cr_assert(d == NULL || d->body_case != CORRAL__V1__ENVELOPE__BODY_DISPATCH ||
+                  strcmp(d->dispatch->job, late) != 0,
+              "the job submitted into the cancelled group was dispatched");
+    if (d) {
+        corral__v1__envelope__free_unpacked(d, NULL);
+    }
+    CTL(&b, &r, "group", "close", g0);
+    EXPECT_STATUS(&r, 0, "close");
+    CTL(&b, &r, "group", "wait", g0, "--timeout", "10s");
+    EXPECT_STATUS(&r, 0, "wait for the group of the queued job");
+    raw_close(&p);
     finish(&b, &w);
 }
 
