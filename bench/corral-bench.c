@@ -7,8 +7,9 @@
  * that workload:
  *   1. throughput: one client submits --jobs no-op jobs with corral_submit_async, keeping
  *      at most --window jobs whose result has not been seen, and counts the JOB_ENDED
- *      events of its subscription. Only a SUCCEEDED end of a job whose submission was
- *      acknowledged, seen once, counts. Timed from the first submit to the last result.
+ *      events of its subscription (which asks for those only). Only a SUCCEEDED end of a
+ *      job whose submission was acknowledged, seen once, counts. Timed from the first
+ *      submit to the last result.
  *   2. round trip: one job at a time, corral_submit then wait for its JOB_ENDED event.
  * --workers threads each run a corral_worker (kind "noop") that answers every job at once.
  * Exit status: 0 when every job succeeded and corrald exited 0 after SIGTERM, 1 otherwise,
@@ -892,7 +893,8 @@ struct mode_result {
 
 /* ------------------------------------------------------------------ a session */
 
-/* What every run has: corrald, the workers, one client with a subscribed root group. */
+/* What every run has: corrald, the workers, one client with a root group subscribed to
+ * for its JOB_ENDED events. */
 struct session {
     struct broker b;
     struct pool pool;
@@ -916,8 +918,9 @@ session_open(struct session *s, const struct opts *o, const char *sync)
         return -1;
     }
     rc = corral_group_open(s->c, NULL, NULL, s->group, NULL);
+    /* Only results are counted: the other events would cost both sides for nothing. */
     if (rc == CORRAL_OK)
-        rc = corral_subscribe(s->c, s->group);
+        rc = corral_subscribe_events(s->c, s->group, 1u << CORRAL_EVENT_JOB_ENDED);
     if (rc != CORRAL_OK) {
         fprintf(stderr, "corral-bench: opening the group: %s: %s\n", corral_strerror(rc),
                 corral_client_last_error(s->c));

@@ -4,8 +4,11 @@
  * Blocking calls send, then read the socket (zmq_poll) until the reply carrying their
  * request id arrives or their deadline passes. Whatever else arrives meanwhile is
  * routed: replies to pipelined submits go to a FIFO of results, Event messages to an
- * event FIFO, and replies nobody waits for (a late answer to a call that timed out) are
- * dropped. Network input never reaches an assert. Not thread-safe (one per thread). */
+ * event FIFO (less the types a filtered subscription does not want, should the broker not
+ * filter them itself), and replies nobody waits for (a late answer to a call that timed
+ * out) are dropped. Network input never reaches an assert. Frames are unpacked into one
+ * arena and requests packed into one buffer, both reused. Not thread-safe (one per
+ * thread). */
 #include "clock.h"
 #include "codec.h"
 #include "corral.h"
@@ -20,7 +23,9 @@
 #define CLIENT_HWM            100000
 #define CLIENT_LAST_ERROR_MAX 1024
 #define CLIENT_DRAIN_MAX      1024 /* frames read per opportunistic drain */
+#define CLIENT_QUIET_US       50   /* see quiet() */
 #define NO_DEADLINE           UINT64_MAX
+#define POLL_DEADLINE         0 /* timeout 0: passed at once, without reading the clock */
 
 /* An open-addressing set of request ids (0 never used: it marks an empty slot). */
 struct idset {
@@ -42,6 +47,27 @@ struct event_item {
     struct corral_event *ev; /* owned */
 };
 
+/* A subscription with a filter (mask != 0). The broker filters too, but one that predates
+ * the filter sends every type: the others are dropped here. The group's own GROUP_ENDED
+ * always passes, and ends the subscription and this record. */
+struct sub_filter {
+    struct sub_filter *next;
+    uint64_t request_id; /* the Subscribe's, which its events carry */
+    unsigned mask;       /* bit (1u << type) per wanted type */
+    char group[CORRAL_ID_MAX];
+};
+
+/* How the last error's text is made. Texts are built only when corral_client_last_error
+ * asks: an empty poll fails with CORRAL_ETIMEDOUT, and formatting a text nobody reads on
+ * each of them was a measurable part of the client's CPU. */
+enum err_text {
+    ERR_TEXT_NONE,         /* "" */
+    ERR_TEXT_STATIC,       /* err_static */
+    ERR_TEXT_BUF,          /* err_buf, already formatted */
+    ERR_TEXT_NO_REPLY,     /* "no reply ... within err_arg ms" */
+    ERR_TEXT_SEND_TIMEOUT, /* "send queue full ... for err_arg ms" */
+};
+
 struct corral_client {
     void *ctx;
     void *sock;
@@ -51,7 +77,14 @@ struct corral_client {
     struct result_ring results; /* pipelined submits replied, not collected */
     struct event_item *ev_head; /* events not yet taken, oldest first */
     struct event_item *ev_tail;
-    char last_error[CLIENT_LAST_ERROR_MAX];
+    struct sub_filter *filters; /* owned list */
+    struct codec_arena arena;   /* the last frame received lives here */
+    struct codec_buf out;       /* the last request sent was packed here */
+    uint64_t quiet_until_us;    /* the socket was found empty: see quiet() */
+    enum err_text err_kind;     /* the last error */
+    const char *err_static;     /* ERR_TEXT_STATIC: a static string */
+    int err_arg;                /* the lazy texts' number */
+    char err_buf[CLIENT_LAST_ERROR_MAX];
 };
 
 /* What a wait is for: the reply to one request, a pipelined result, or an event. */
@@ -62,22 +95,47 @@ enum wait_for { WAIT_REPLY, WAIT_RESULT, WAIT_EVENT };
 static void set_error(struct corral_client *c, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
-/* Records a description of the last failure (format borrowed). */
+/* Records a description of the last failure (format borrowed), formatted now: for the
+ * rare failures whose text has parts that do not outlive the call. */
 static void
 set_error(struct corral_client *c, const char *fmt, ...)
 {
     va_list ap;
 
     va_start(ap, fmt);
-    vsnprintf(c->last_error, sizeof c->last_error, fmt, ap);
+    vsnprintf(c->err_buf, sizeof c->err_buf, fmt, ap);
     va_end(ap);
+    c->err_kind = ERR_TEXT_BUF;
+}
+
+/* Records text (static) as the description of the last failure. */
+static void
+set_error_static(struct corral_client *c, const char *text)
+{
+    c->err_kind = ERR_TEXT_STATIC;
+    c->err_static = text;
+}
+
+/* Records a failure whose text (kind) is built when asked for, with the number arg. */
+static void
+set_error_lazy(struct corral_client *c, enum err_text kind, int arg)
+{
+    c->err_kind = kind;
+    c->err_arg = arg;
+}
+
+/* Forgets the last error: a call starts. */
+static void
+clear_error(struct corral_client *c)
+{
+    c->err_kind = ERR_TEXT_NONE;
 }
 
 /* Records the local error rc with its generic description and returns rc. */
 static int
 fail_local(struct corral_client *c, int rc)
 {
-    set_error(c, "%s", corral_strerror(rc));
+    set_error_static(c, corral_strerror(rc));
     return rc;
 }
 
@@ -87,7 +145,19 @@ deadline_after(int timeout_ms)
 {
     if (timeout_ms < 0)
         return NO_DEADLINE;
+    if (timeout_ms == 0)
+        return POLL_DEADLINE;
     return clock_mono_ms() + (uint64_t)timeout_ms;
+}
+
+/* Whether the opportunistic drain in corral_submit_async may leave the socket alone: it
+ * was found empty less than CLIENT_QUIET_US ago. Finding it empty costs libzmq two system
+ * calls, and a pipelining caller submits many times between replies. Explicit calls
+ * (collect, next event, waits) always look: a poll means "look now". */
+static bool
+quiet(const struct corral_client *c)
+{
+    return c->quiet_until_us != 0 && clock_mono_us() < c->quiet_until_us;
 }
 
 /* Milliseconds left until deadline, for zmq_poll (-1: forever, 0: passed). */
@@ -98,6 +168,8 @@ remaining_ms(uint64_t deadline)
 
     if (deadline == NO_DEADLINE)
         return -1;
+    if (deadline == POLL_DEADLINE)
+        return 0;
     now = clock_mono_ms();
     return now >= deadline ? 0 : (long)(deadline - now);
 }
@@ -228,13 +300,39 @@ ring_push(struct result_ring *r, const struct corral_submit_result *res)
 
 /* ------------------------------------------------------------------ routing */
 
-/* Queues the event in pb (borrowed); drops it when it cannot be converted. */
+/* Whether the event pb (borrowed) of the subscription request_id passes its filter; the
+ * group's own GROUP_ENDED (which always passes) ends the filter. */
+static bool
+filter_pass(struct corral_client *c, uint64_t request_id, const Corral__V1__Event *pb)
+{
+    struct sub_filter **pp, *f;
+    int type = (int)pb->type;
+
+    for (pp = &c->filters; *pp != NULL; pp = &(*pp)->next)
+        if ((*pp)->request_id == request_id)
+            break;
+    f = *pp;
+    if (f == NULL)
+        return true; /* no filter: every type */
+    if (type == CORRAL_EVENT_GROUP_ENDED && pb->node != NULL && pb->node->id != NULL &&
+        strcmp(pb->node->id, f->group) == 0) {
+        *pp = f->next;
+        free(f);
+        return true;
+    }
+    return type >= 0 && type < 32 && (f->mask & (1u << type)) != 0;
+}
+
+/* Queues the event in pb (borrowed), received for request_id, unless its subscription's
+ * filter drops it; drops it when it cannot be converted. */
 static void
-route_event(struct corral_client *c, const Corral__V1__Event *pb)
+route_event(struct corral_client *c, uint64_t request_id, const Corral__V1__Event *pb)
 {
     struct corral_event *ev = NULL;
     struct event_item *it;
 
+    if (c->filters != NULL && !filter_pass(c, request_id, pb))
+        return;
     if (codec_event_new(&ev, pb) != CORRAL_OK)
         return;
     it = malloc(sizeof *it);
@@ -270,41 +368,37 @@ route_submit_reply(struct corral_client *c, uint64_t token, const Corral__V1__Re
 }
 
 /* Handles one received frame (borrowed). When it is the reply to want (0: none), returns
- * its envelope owned in *out and true; otherwise routes or drops it and returns false. */
+ * its envelope in *out (borrowed from c's arena: valid until the next frame is read) and
+ * true; otherwise routes or drops it and returns false. */
 static bool
 route_frame(struct corral_client *c, const void *data, size_t len, uint64_t want,
-            Corral__V1__Envelope **out)
+            const Corral__V1__Envelope **out)
 {
-    Corral__V1__Envelope *env = NULL;
-    bool mine = false;
+    const Corral__V1__Envelope *env = NULL;
 
-    if (codec_unpack(data, len, &env) != CORRAL_OK)
-        goto out; /* unreadable: nobody can be told, drop it */
+    if (codec_unpack(&c->arena, data, len, &env) != CORRAL_OK)
+        return false; /* unreadable: nobody can be told, drop it */
     if (want != 0 && env->request_id == want &&
         env->body_case == CORRAL__V1__ENVELOPE__BODY_REPLY) {
         *out = env;
-        env = NULL;
-        mine = true;
-        goto out;
+        return true;
     }
     if (env->version != CORRAL_PROTOCOL_VERSION)
-        goto out;
+        return false;
     if (env->body_case == CORRAL__V1__ENVELOPE__BODY_REPLY) {
         if (env->reply != NULL && idset_remove(&c->submits, env->request_id))
             route_submit_reply(c, env->request_id, env->reply);
     } else if (env->body_case == CORRAL__V1__ENVELOPE__BODY_EVENT && env->event != NULL) {
-        route_event(c, env->event);
+        route_event(c, env->request_id, env->event);
     }
-out:
-    codec_envelope_free(&env);
-    return mine;
+    return false;
 }
 
 /* Reads one frame without blocking. Returns 1 when a frame was handled (and, if it was
- * the reply to want, stored owned in *out with *got set), 0 when none was waiting, or
- * a negative corral_err for a socket error. */
+ * the reply to want, stored in *out, borrowed as route_frame says, with *got set), 0 when
+ * none was waiting, or a negative corral_err for a socket error. */
 static int
-recv_one(struct corral_client *c, uint64_t want, Corral__V1__Envelope **out, bool *got)
+recv_one(struct corral_client *c, uint64_t want, const Corral__V1__Envelope **out, bool *got)
 {
     zmq_msg_t msg;
     int n;
@@ -315,10 +409,15 @@ recv_one(struct corral_client *c, uint64_t want, Corral__V1__Envelope **out, boo
         int e = zmq_errno();
 
         zmq_msg_close(&msg);
-        if (e == EAGAIN || e == EINTR)
+        if (e == EAGAIN) {
+            c->quiet_until_us = clock_mono_us() + CLIENT_QUIET_US;
+            return 0;
+        }
+        if (e == EINTR)
             return 0;
         return -CORRAL_EIO;
     }
+    c->quiet_until_us = 0;
     /* A multipart message is not ours to read: drop its other frames. */
     if (zmq_msg_more(&msg)) {
         while (zmq_msg_more(&msg) && zmq_msg_recv(&msg, c->sock, ZMQ_DONTWAIT) >= 0)
@@ -356,11 +455,11 @@ wait_satisfied(const struct corral_client *c, enum wait_for what)
 }
 
 /* Reads the socket until the wait for what is satisfied or deadline passes. For
- * WAIT_REPLY, returns the reply to want owned in *out. Returns 0, CORRAL_ETIMEDOUT or
- * CORRAL_EIO. */
+ * WAIT_REPLY, returns the reply to want in *out (borrowed from c's arena). Returns 0,
+ * CORRAL_ETIMEDOUT or CORRAL_EIO. */
 static int
 wait_until(struct corral_client *c, enum wait_for what, uint64_t want, uint64_t deadline,
-           Corral__V1__Envelope **out)
+           const Corral__V1__Envelope **out)
 {
     for (;;) {
         zmq_pollitem_t item = {c->sock, 0, ZMQ_POLLIN, 0};
@@ -392,73 +491,64 @@ static int
 send_request(struct corral_client *c, Corral__V1__Envelope *env, uint64_t id, uint64_t deadline)
 {
     int rc;
-    uint8_t *buf = NULL;
+    const uint8_t *buf = NULL;
     size_t len = 0;
 
-    rc = codec_pack(env, id, &buf, &len);
+    rc = codec_pack(&c->out, env, id, &buf, &len);
     if (rc != CORRAL_OK)
-        goto out;
+        return rc;
     for (;;) {
         zmq_pollitem_t item = {c->sock, 0, ZMQ_POLLIN | ZMQ_POLLOUT, 0};
         long left;
 
         if (zmq_send(c->sock, buf, len, ZMQ_DONTWAIT) >= 0)
-            break;
-        if (zmq_errno() != EAGAIN && zmq_errno() != EINTR) {
-            rc = CORRAL_EIO;
-            goto out;
-        }
-        /* Full queue, or not connected yet (ZMQ_IMMEDIATE): keep reading meanwhile. */
+            return CORRAL_OK;
+        if (zmq_errno() != EAGAIN && zmq_errno() != EINTR)
+            return CORRAL_EIO;
+        /* Full queue, or not connected yet (ZMQ_IMMEDIATE): keep reading meanwhile (this
+         * does not touch c->out, which buf points into). */
         drain(c);
         left = remaining_ms(deadline);
-        if (left == 0) {
-            rc = CORRAL_ETIMEDOUT;
-            goto out;
-        }
-        if (zmq_poll(&item, 1, left) < 0 && zmq_errno() != EINTR) {
-            rc = CORRAL_EIO;
-            goto out;
-        }
+        if (left == 0)
+            return CORRAL_ETIMEDOUT;
+        if (zmq_poll(&item, 1, left) < 0 && zmq_errno() != EINTR)
+            return CORRAL_EIO;
     }
-out:
-    free(buf);
-    return rc;
 }
 
-/* Sends env (borrowed) and waits up to timeout_ms (negative: forever) for its reply.
- * On success returns the Reply's envelope owned in *out (may be NULL to discard). A
- * broker error code is returned as is, with its message kept for last_error. */
+/* Sends env (borrowed) as request id and waits up to timeout_ms (negative: forever) for
+ * its reply. On success returns the Reply's envelope in *out (may be NULL to discard),
+ * borrowed from c's arena until the next frame is read. A broker error code is returned
+ * as is, with its message kept for last_error. */
 static int
-call(struct corral_client *c, Corral__V1__Envelope *env, int timeout_ms, Corral__V1__Envelope **out)
+call_id(struct corral_client *c, Corral__V1__Envelope *env, uint64_t id, int timeout_ms,
+        const Corral__V1__Envelope **out)
 {
     int rc;
-    uint64_t id = ++c->last_id;
     uint64_t deadline = deadline_after(timeout_ms);
-    Corral__V1__Envelope *rep = NULL;
+    const Corral__V1__Envelope *rep = NULL;
     const Corral__V1__Reply *r;
 
-    c->last_error[0] = '\0';
+    clear_error(c);
     rc = send_request(c, env, id, deadline);
     if (rc == CORRAL_OK)
         rc = wait_until(c, WAIT_REPLY, id, deadline, &rep);
     if (rc != CORRAL_OK) {
         if (rc == CORRAL_ETIMEDOUT)
-            set_error(c, "no reply from the broker within %d ms", timeout_ms);
+            set_error_lazy(c, ERR_TEXT_NO_REPLY, timeout_ms);
         else
             fail_local(c, rc);
-        goto out;
+        return rc;
     }
     r = rep->reply;
     if (r == NULL) {
-        rc = CORRAL_EPROTO;
-        set_error(c, "malformed reply");
-        goto out;
+        set_error_static(c, "malformed reply");
+        return CORRAL_EPROTO;
     }
     rc = codec_reply_code(r);
     if (rep->version != CORRAL_PROTOCOL_VERSION && rc != CORRAL_EVERSION) {
-        rc = CORRAL_EPROTO;
         set_error(c, "reply with protocol version %u", (unsigned)rep->version);
-        goto out;
+        return CORRAL_EPROTO;
     }
     if (rc != CORRAL_OK) {
         if (rc == CORRAL_EPROTO)
@@ -469,16 +559,20 @@ call(struct corral_client *c, Corral__V1__Envelope *env, int timeout_ms, Corral_
             set_error(c, "%s (retry after %u ms)", corral_strerror(rc),
                       (unsigned)r->retry_after_ms);
         else
-            set_error(c, "%s", corral_strerror(rc));
-        goto out;
+            set_error_static(c, corral_strerror(rc));
+        return rc;
     }
-    if (out != NULL) {
+    if (out != NULL)
         *out = rep;
-        rep = NULL;
-    }
-out:
-    codec_envelope_free(&rep);
-    return rc;
+    return CORRAL_OK;
+}
+
+/* call_id under the next request id. */
+static int
+call(struct corral_client *c, Corral__V1__Envelope *env, int timeout_ms,
+     const Corral__V1__Envelope **out)
+{
+    return call_id(c, env, ++c->last_id, timeout_ms, out);
 }
 
 /* Takes the reply's id (borrowed from rep) into id_out; CORRAL_EPROTO if it is bad. */
@@ -489,7 +583,7 @@ take_id(struct corral_client *c, const Corral__V1__Envelope *rep, char id_out[CO
     char id[CORRAL_ID_MAX];
 
     if (codec_copy_id(id, rep->reply->id) != CORRAL_OK) {
-        set_error(c, "reply without a valid id");
+        set_error_static(c, "reply without a valid id");
         return CORRAL_EPROTO;
     }
     memcpy(id_out, id, sizeof id);
@@ -573,19 +667,47 @@ corral_client_free(struct corral_client **p)
         corral_event_free(&it->ev);
         free(it);
     }
+    while (c->filters != NULL) {
+        struct sub_filter *f = c->filters;
+
+        c->filters = f->next;
+        free(f);
+    }
+    codec_arena_fini(&c->arena);
+    codec_buf_fini(&c->out);
     free(c->submits.slots);
     free(c->results.buf);
     free(c);
     *p = NULL;
 }
 
-/* Borrowed; valid until the next call on c. */
+/* Borrowed; valid until the next call on c. Builds a lazy text on demand, in the client's
+ * buffer: c is const for the caller, but no client is defined const (they come from
+ * corral_client_new), so writing through the cast is sound. */
 const char *
 corral_client_last_error(const struct corral_client *c)
 {
+    struct corral_client *m = (struct corral_client *)c;
+
     if (c == NULL)
         return corral_strerror(CORRAL_EINVAL);
-    return c->last_error;
+    switch (c->err_kind) {
+    case ERR_TEXT_NONE:
+        break;
+    case ERR_TEXT_STATIC:
+        return c->err_static;
+    case ERR_TEXT_BUF:
+        return c->err_buf;
+    case ERR_TEXT_NO_REPLY:
+        snprintf(m->err_buf, sizeof m->err_buf, "no reply from the broker within %d ms",
+                 c->err_arg);
+        return c->err_buf;
+    case ERR_TEXT_SEND_TIMEOUT:
+        snprintf(m->err_buf, sizeof m->err_buf, "send queue full or broker not connected for %d ms",
+                 c->err_arg);
+        return c->err_buf;
+    }
+    return "";
 }
 
 /* Borrows every argument; writes the new id into id_out. */
@@ -596,7 +718,7 @@ corral_group_open(struct corral_client *c, const char *parent_group, const char 
     int rc;
     Corral__V1__Envelope env = CORRAL__V1__ENVELOPE__INIT;
     Corral__V1__OpenGroup body = CORRAL__V1__OPEN_GROUP__INIT;
-    Corral__V1__Envelope *rep = NULL;
+    const Corral__V1__Envelope *rep = NULL;
 
     if (c == NULL)
         return CORRAL_EINVAL;
@@ -609,7 +731,6 @@ corral_group_open(struct corral_client *c, const char *parent_group, const char 
     rc = call(c, &env, c->timeout_ms, &rep);
     if (rc == CORRAL_OK)
         rc = take_id(c, rep, id_out, cancelled);
-    codec_envelope_free(&rep);
     return rc;
 }
 
@@ -632,7 +753,7 @@ corral_submit(struct corral_client *c, const char *group, const char *kind, cons
     int rc;
     Corral__V1__Envelope env = CORRAL__V1__ENVELOPE__INIT;
     Corral__V1__Submit body = CORRAL__V1__SUBMIT__INIT;
-    Corral__V1__Envelope *rep = NULL;
+    const Corral__V1__Envelope *rep = NULL;
 
     if (c == NULL)
         return CORRAL_EINVAL;
@@ -644,7 +765,6 @@ corral_submit(struct corral_client *c, const char *group, const char *kind, cons
     rc = call(c, &env, c->timeout_ms, &rep);
     if (rc == CORRAL_OK)
         rc = take_id(c, rep, id_out, cancelled);
-    codec_envelope_free(&rep);
     return rc;
 }
 
@@ -708,12 +828,12 @@ take_tree(struct corral_client *c, const Corral__V1__Envelope *rep, struct corra
     int rc;
 
     if (rep->reply->tree == NULL) {
-        set_error(c, "reply without a tree");
+        set_error_static(c, "reply without a tree");
         return CORRAL_EPROTO;
     }
     rc = codec_node_new(out, rep->reply->tree);
     if (rc == CORRAL_EPROTO)
-        set_error(c, "malformed tree in reply");
+        set_error_static(c, "malformed tree in reply");
     else if (rc != CORRAL_OK)
         fail_local(c, rc);
     return rc;
@@ -726,7 +846,7 @@ corral_group_tree(struct corral_client *c, const char *group, struct corral_node
     int rc;
     Corral__V1__Envelope env = CORRAL__V1__ENVELOPE__INIT;
     Corral__V1__GetTree body = CORRAL__V1__GET_TREE__INIT;
-    Corral__V1__Envelope *rep = NULL;
+    const Corral__V1__Envelope *rep = NULL;
 
     if (c == NULL)
         return CORRAL_EINVAL;
@@ -738,7 +858,6 @@ corral_group_tree(struct corral_client *c, const char *group, struct corral_node
     rc = call(c, &env, c->timeout_ms, &rep);
     if (rc == CORRAL_OK)
         rc = take_tree(c, rep, out);
-    codec_envelope_free(&rep);
     return rc;
 }
 
@@ -750,7 +869,7 @@ corral_group_wait(struct corral_client *c, const char *group, int timeout_ms,
     int rc;
     Corral__V1__Envelope env = CORRAL__V1__ENVELOPE__INIT;
     Corral__V1__WaitGroup body = CORRAL__V1__WAIT_GROUP__INIT;
-    Corral__V1__Envelope *rep = NULL;
+    const Corral__V1__Envelope *rep = NULL;
 
     if (c == NULL)
         return CORRAL_EINVAL;
@@ -762,7 +881,6 @@ corral_group_wait(struct corral_client *c, const char *group, int timeout_ms,
     rc = call(c, &env, timeout_ms, &rep);
     if (rc == CORRAL_OK)
         rc = take_tree(c, rep, out);
-    codec_envelope_free(&rep);
     return rc;
 }
 
@@ -780,7 +898,7 @@ corral_submit_async(struct corral_client *c, const char *group, const char *kind
         return CORRAL_EINVAL;
     if (!nonempty(group) || !nonempty(kind) || (payload == NULL && len > 0) || token == NULL)
         return fail_local(c, CORRAL_EINVAL);
-    c->last_error[0] = '\0';
+    clear_error(c);
     /* Room for every reply that may come, so routing a reply never allocates. */
     if (ring_reserve(&c->results, c->results.count + c->submits.count + 1) != CORRAL_OK)
         return fail_local(c, CORRAL_ENOMEM);
@@ -794,13 +912,14 @@ corral_submit_async(struct corral_client *c, const char *group, const char *kind
     if (rc != CORRAL_OK) {
         idset_remove(&c->submits, id);
         if (rc == CORRAL_ETIMEDOUT)
-            set_error(c, "send queue full or broker not connected for %d ms", c->timeout_ms);
+            set_error_lazy(c, ERR_TEXT_SEND_TIMEOUT, c->timeout_ms);
         else
             fail_local(c, rc);
         return rc;
     }
     /* Keep replies flowing into memory so the broker never meets a full queue. */
-    drain(c);
+    if (!quiet(c))
+        drain(c);
     *token = id;
     return CORRAL_OK;
 }
@@ -815,7 +934,7 @@ corral_submit_collect(struct corral_client *c, int timeout_ms, struct corral_sub
         return CORRAL_EINVAL;
     if (out == NULL)
         return fail_local(c, CORRAL_EINVAL);
-    c->last_error[0] = '\0';
+    clear_error(c);
     /* Nothing in flight: nothing can arrive, do not wait for it. */
     if (c->results.count == 0 && c->submits.count == 0)
         timeout_ms = 0;
@@ -837,21 +956,69 @@ corral_submit_pending(const struct corral_client *c)
     return c->submits.count + c->results.count;
 }
 
+/* The event types a mask may name. */
+#define EVENT_MASK_ALL                                                                             \
+    ((1u << CORRAL_EVENT_JOB_DISPATCHED) | (1u << CORRAL_EVENT_JOB_STARTED) |                      \
+     (1u << CORRAL_EVENT_JOB_ENDED) | (1u << CORRAL_EVENT_GROUP_CANCELLING) |                      \
+     (1u << CORRAL_EVENT_GROUP_ENDED))
+
 /* Borrows group. */
 int
 corral_subscribe(struct corral_client *c, const char *group)
 {
+    return corral_subscribe_events(c, group, 0);
+}
+
+/* Borrows group. A mask with bits of no event type is CORRAL_EINVAL (a type passed where
+ * its bit was meant). */
+int
+corral_subscribe_events(struct corral_client *c, const char *group, unsigned mask)
+{
+    int rc;
+    size_t n = 0;
+    uint64_t id;
+    Corral__V1__EventType types[CORRAL_EVENT_GROUP_ENDED];
     Corral__V1__Envelope env = CORRAL__V1__ENVELOPE__INIT;
     Corral__V1__Subscribe body = CORRAL__V1__SUBSCRIBE__INIT;
+    struct sub_filter *f = NULL;
 
     if (c == NULL)
         return CORRAL_EINVAL;
-    if (!nonempty(group))
+    if (!nonempty(group) || strlen(group) >= CORRAL_ID_MAX || (mask & ~EVENT_MASK_ALL) != 0)
         return fail_local(c, CORRAL_EINVAL);
+    for (int t = CORRAL_EVENT_JOB_DISPATCHED; t <= CORRAL_EVENT_GROUP_ENDED; t++)
+        if (mask & (1u << t))
+            types[n++] = (Corral__V1__EventType)t;
+    id = ++c->last_id;
+    if (mask != 0) {
+        /* In place before the request goes: its first events may come with the reply. */
+        f = malloc(sizeof *f);
+        if (f == NULL)
+            return fail_local(c, CORRAL_ENOMEM);
+        f->request_id = id;
+        f->mask = mask;
+        memcpy(f->group, group, strlen(group) + 1);
+        f->next = c->filters;
+        c->filters = f;
+    }
     body.group = (char *)group;
+    body.n_types = n;
+    body.types = types;
     env.body_case = CORRAL__V1__ENVELOPE__BODY_SUBSCRIBE;
     env.subscribe = &body;
-    return call(c, &env, c->timeout_ms, NULL);
+    rc = call_id(c, &env, id, c->timeout_ms, NULL);
+    /* Refused, or never sent: no events will come. After a timeout (or a reply this
+     * library cannot read) the subscription may stand, and the filter with it. */
+    if (f != NULL && rc != CORRAL_OK && rc != CORRAL_ETIMEDOUT && rc != CORRAL_EPROTO &&
+        rc != CORRAL_EIO) {
+        struct sub_filter **pp = &c->filters;
+
+        while (*pp != f)
+            pp = &(*pp)->next;
+        *pp = f->next;
+        free(f);
+    }
+    return rc;
 }
 
 /* Returns the next event owned in *out. */
@@ -865,7 +1032,7 @@ corral_next_event(struct corral_client *c, int timeout_ms, struct corral_event *
         return CORRAL_EINVAL;
     if (out == NULL)
         return fail_local(c, CORRAL_EINVAL);
-    c->last_error[0] = '\0';
+    clear_error(c);
     rc = wait_until(c, WAIT_EVENT, 0, deadline_after(timeout_ms), NULL);
     if (rc != CORRAL_OK)
         return fail_local(c, rc);

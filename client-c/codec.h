@@ -13,15 +13,45 @@
 /* Deepest tree or exception group accepted from the wire; deeper is CORRAL_EPROTO. */
 #define CODEC_MAX_DEPTH 200
 
-/* Sets env's version to CORRAL_PROTOCOL_VERSION and its request id, then serializes it
- * (borrowed) into a malloc'd buffer, returned owned in *buf (free()) and *len.
- * Returns 0 or CORRAL_ENOMEM. */
-int codec_pack(Corral__V1__Envelope *env, uint64_t request_id, uint8_t **buf, size_t *len);
+/* A reusable output buffer for codec_pack (zmq_send copies what it is given, so one
+ * buffer per sender serves every message). Zero-initialised = empty. */
+struct codec_buf {
+    uint8_t *data; /* owned */
+    size_t cap;
+};
 
-/* Parses one frame (borrowed) into *out, returned owned (codec_envelope_free).
- * CORRAL_EPROTO when it is not an Envelope. The version is not checked here. */
-int codec_unpack(const void *data, size_t len, Corral__V1__Envelope **out);
-void codec_envelope_free(Corral__V1__Envelope **p);
+/* Frees what b owns; b may be reused afterwards (as empty). */
+void codec_buf_fini(struct codec_buf *b);
+
+/* Sets env's version to CORRAL_PROTOCOL_VERSION and its request id, then serializes it
+ * (borrowed) into b, returning the bytes borrowed in *data (valid until the next
+ * codec_pack with b) and *len. Returns 0 or CORRAL_ENOMEM. */
+int codec_pack(struct codec_buf *b, Corral__V1__Envelope *env, uint64_t request_id,
+               const uint8_t **data, size_t *len);
+
+/* A bump allocator that unpacked envelopes live in: protobuf-c allocates every message,
+ * string and array of a frame separately, and freeing them one by one cost as much as
+ * parsing. Each codec_unpack starts the arena afresh, so an envelope is valid until the
+ * next codec_unpack with the same arena (which also frees the blocks a big frame spilled
+ * into: the buffer itself never grows past 256 KiB). Zero-initialised = empty; one per
+ * thread. */
+struct codec_arena {
+    uint8_t *buf; /* owned; cap bytes, used of them handed out */
+    size_t cap;
+    size_t used;
+    size_t spill;              /* bytes of the blocks below, to size buf next time */
+    struct arena_block *extra; /* owned: allocations that did not fit in buf */
+};
+
+/* Frees what a owns; a may be reused afterwards (as empty). */
+void codec_arena_fini(struct codec_arena *a);
+
+/* Parses one frame (borrowed) into *out, allocated in a (which is reset first, ending the
+ * life of the envelope unpacked before): *out is borrowed from a until the next
+ * codec_unpack with it. CORRAL_EPROTO when it is not an Envelope (or memory ran out).
+ * The version is not checked here. */
+int codec_unpack(struct codec_arena *a, const void *data, size_t len,
+                 const Corral__V1__Envelope **out);
 
 /* Maps a Reply's code to an enum corral_err: ERR_OK -> CORRAL_OK, 1..99 -> the same
  * number, anything else -> CORRAL_EPROTO. Borrows r. */

@@ -233,8 +233,13 @@ struct corral_event {
 /* Subscribes to every change in a group's subtree until the group ends. */
 CORRAL_API int corral_subscribe(struct corral_client *c, const char *group);
 
-/* Takes the next event, waiting up to timeout_ms (0: poll, negative: forever).
- * Returns owned *out. CORRAL_ETIMEDOUT when none arrived. */
+/* Like corral_subscribe, receiving only the event types whose bit (1u << type) is set in
+ * mask (0: every type). The group's own CORRAL_EVENT_GROUP_ENDED always arrives.
+ * CORRAL_EINVAL for a bit that is no event type. */
+CORRAL_API int corral_subscribe_events(struct corral_client *c, const char *group, unsigned mask);
+
+/* Takes the next event, waiting up to timeout_ms (0: poll, as corral_submit_collect says,
+ * negative: forever). Returns owned *out. CORRAL_ETIMEDOUT when none arrived. */
 CORRAL_API int corral_next_event(struct corral_client *c, int timeout_ms,
                                  struct corral_event **out);
 CORRAL_API void corral_event_free(struct corral_event **p);
@@ -272,7 +277,9 @@ CORRAL_API const char *corral_job_group(const struct corral_job *j);
 CORRAL_API const void *corral_job_payload(const struct corral_job *j, size_t *len);
 
 /* True once the broker has asked to cancel the job. The fd (borrowed) becomes readable
- * at that moment and stays readable. Source and reason describe the cancel. */
+ * at that moment and stays readable; it is made on the first call (-1 if the process is
+ * out of file descriptors: poll corral_job_cancelled instead). Source and reason describe
+ * the cancel. */
 CORRAL_API bool corral_job_cancelled(const struct corral_job *j);
 CORRAL_API int corral_job_cancel_fd(const struct corral_job *j);
 CORRAL_API enum corral_cancel_source corral_job_cancel_source(const struct corral_job *j);

@@ -37,16 +37,37 @@ deadline_ts(struct timespec *ts, int ms)
     }
 }
 
-/* Appends r (takes ownership) to the API -> thread queue. Caller holds w->mu. */
-static void
+/* Appends r (takes ownership) to the API -> thread queue. Caller holds w->mu. Returns
+ * whether the thread sleeps and must be woken: the caller then posts wake_fd, after
+ * releasing w->mu. Only the first request after the thread fell asleep wakes it; an
+ * awake thread takes the whole queue before it sleeps again. */
+static bool
 outq_push(struct corral_worker *w, struct req *r)
 {
+    bool wake = w->sleeping;
+
     r->next = NULL;
     if (w->out_tail != NULL)
         w->out_tail->next = r;
     else
         w->out_head = r;
     w->out_tail = r;
+    w->sleeping = false;
+    return wake;
+}
+
+/* Frees every request of list l (takes ownership of them). */
+static void
+free_list(struct reqlist *l)
+{
+    while (l->head != NULL) {
+        struct req *r = l->head;
+
+        l->head = r->next;
+        worker_req_free(r);
+    }
+    l->tail = NULL;
+    l->n = 0;
 }
 
 /* ------------------------------------------------------------------ lifetime */
@@ -69,22 +90,17 @@ worker_destroy(struct corral_worker *w)
             w->q_head = j->qnext;
             worker_job_unref(w, j);
         }
-        while (w->table != NULL) {
-            struct corral_job *j = w->table;
-
-            w->table = j->tnext;
-            worker_job_unref(w, j);
-        }
+        worker_table_clear(w);
         pthread_mutex_destroy(&w->mu);
         pthread_cond_destroy(&w->jobs_cond);
         pthread_cond_destroy(&w->reply_cond);
     }
-    while (w->pending != NULL) {
-        struct req *r = w->pending;
-
-        w->pending = r->next;
-        worker_req_free(r);
-    }
+    free_list(&w->sendq);
+    free_list(&w->inflight);
+    free_list(&w->started);
+    free(w->byid.slots);
+    codec_arena_fini(&w->arena);
+    codec_buf_fini(&w->out);
     while (w->out_head != NULL) {
         struct req *r = w->out_head;
 
@@ -210,7 +226,7 @@ corral_worker_new(struct corral_worker **out, const char *endpoint, const char *
     if ((rc = sync_init(w)) != CORRAL_OK || (rc = copy_identity(w, kinds, nkinds)) != CORRAL_OK)
         goto out;
     w->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    w->jobs_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK | EFD_SEMAPHORE);
+    w->jobs_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (w->wake_fd < 0 || w->jobs_fd < 0) {
         rc = CORRAL_EIO;
         goto out;
@@ -274,10 +290,11 @@ corral_worker_next(struct corral_worker *w, int timeout_ms, struct corral_job **
             struct corral_job *j = w->q_head;
 
             w->q_head = j->qnext;
-            if (w->q_head == NULL)
+            if (w->q_head == NULL) {
                 w->q_tail = NULL;
+                worker_jobs_fd_sync(w); /* the last one: not readable any more */
+            }
             j->qnext = NULL;
-            worker_efd_take(w->jobs_fd); /* the semaphore follows the queue's length */
             *out = j;
             break;
         }
@@ -298,11 +315,23 @@ corral_worker_next(struct corral_worker *w, int timeout_ms, struct corral_job **
     return rc;
 }
 
-/* Borrowed; valid for the worker's life. */
+/* Borrowed; valid for the worker's life. From the first call on, the fd's state follows
+ * the queue (see worker_int.h). w is const for the caller, but no worker is defined const
+ * (they come from corral_worker_new), so the cast is sound. */
 int
 corral_worker_fd(const struct corral_worker *w)
 {
-    return w != NULL ? w->jobs_fd : -1;
+    struct corral_worker *m = (struct corral_worker *)w;
+
+    if (w == NULL)
+        return -1;
+    pthread_mutex_lock(&m->mu);
+    if (!m->jobs_fd_used) {
+        m->jobs_fd_used = true;
+        worker_jobs_fd_sync(m);
+    }
+    pthread_mutex_unlock(&m->mu);
+    return w->jobs_fd;
 }
 
 /* Borrowed for the job's life. */
@@ -349,11 +378,31 @@ corral_job_cancelled(const struct corral_job *j)
     return atomic_load_explicit(&((struct corral_job *)j)->cancelled, memory_order_acquire);
 }
 
-/* Borrowed; readable from the cancel on. */
+/* Borrowed; readable from the cancel on. Made by the first call, under the worker's
+ * mutex, which the thread holds when it marks a cancel: either the cancel comes after
+ * and posts the fd, or it came before and the new fd is posted here. j is const for the
+ * caller, but no job is defined const, so the cast is sound. -1 when no eventfd can be
+ * made (the next call tries again). */
 int
 corral_job_cancel_fd(const struct corral_job *j)
 {
-    return j->cancel_fd;
+    struct corral_job *m = (struct corral_job *)j;
+    int fd = atomic_load_explicit(&m->cancel_fd, memory_order_acquire);
+
+    if (fd >= 0)
+        return fd;
+    pthread_mutex_lock(&m->w->mu);
+    fd = atomic_load_explicit(&m->cancel_fd, memory_order_relaxed);
+    if (fd < 0) {
+        fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        if (fd >= 0) {
+            if (atomic_load_explicit(&m->cancelled, memory_order_relaxed))
+                worker_efd_post(fd);
+            atomic_store_explicit(&m->cancel_fd, fd, memory_order_release);
+        }
+    }
+    pthread_mutex_unlock(&m->w->mu);
+    return fd;
 }
 
 /* Borrows j; CORRAL_SOURCE_NONE before a cancel, and for a job the broker did not give back
@@ -378,7 +427,7 @@ int
 corral_job_started(struct corral_job *j, const void *value, size_t len)
 {
     int rc = CORRAL_OK;
-    bool last;
+    bool last, wake = false;
     struct timespec ts;
     struct corral_worker *w;
     struct req *r;
@@ -396,13 +445,14 @@ corral_job_started(struct corral_job *j, const void *value, size_t len)
     else if (w->closed || w->stop)
         rc = CORRAL_ECLOSED;
     else
-        outq_push(w, r);
+        wake = outq_push(w, r);
     pthread_mutex_unlock(&w->mu);
     if (rc != CORRAL_OK) {
         worker_req_free(r);
         return rc;
     }
-    worker_efd_post(w->wake_fd);
+    if (wake)
+        worker_efd_post(w->wake_fd);
     deadline_ts(&ts, STARTED_TIMEOUT_MS);
     pthread_mutex_lock(&w->mu);
     while (!r->answered && !w->closed)
@@ -410,6 +460,8 @@ corral_job_started(struct corral_job *j, const void *value, size_t len)
             break;
     rc = r->answered ? r->code : w->closed ? CORRAL_ECLOSED : CORRAL_ETIMEDOUT;
     last = --r->refs == 0;
+    if (!last)
+        w->started_dropped++; /* the thread frees it (take_requests) */
     pthread_mutex_unlock(&w->mu);
     if (last)
         worker_req_free(r);
@@ -421,6 +473,7 @@ static int
 report(struct corral_job *j, struct req *r)
 {
     int rc = CORRAL_OK;
+    bool wake = false;
     struct corral_worker *w = j->w;
 
     pthread_mutex_lock(&w->mu);
@@ -433,10 +486,10 @@ report(struct corral_job *j, struct req *r)
         rc = CORRAL_ECLOSED;
     else {
         j->reported = true;
-        outq_push(w, r);
+        wake = outq_push(w, r);
     }
     pthread_mutex_unlock(&w->mu);
-    if (rc == CORRAL_OK)
+    if (wake)
         worker_efd_post(w->wake_fd);
     return rc;
 }
@@ -513,7 +566,7 @@ corral_job_free(struct corral_job **p)
     struct corral_job *j;
     struct corral_worker *w;
     struct req *ack = NULL;
-    bool last, queued = false;
+    bool last, wake = false;
 
     if (p == NULL || *p == NULL)
         return;
@@ -526,14 +579,13 @@ corral_job_free(struct corral_job **p)
         j->abandoned = true;
         if (ack != NULL && !w->closed) {
             j->reported = true;
-            outq_push(w, ack);
+            wake = outq_push(w, ack);
             ack = NULL;
-            queued = true;
         }
     }
     last = --j->refs == 0;
     pthread_mutex_unlock(&w->mu);
-    if (queued)
+    if (wake)
         worker_efd_post(w->wake_fd);
     worker_req_free(ack);
     if (last)

@@ -3,7 +3,9 @@
  * jobs it still runs), heartbeats, turns Dispatch into queued jobs and Cancel into flags,
  * sends the API's reports and the broker's replies settle them: Started answers go back to
  * the waiting API thread, final reports (Done, Failed, CancelAck) are delivered at least
- * once (re-sent after a timeout and after every re-registration). See worker_int.h. */
+ * once (re-sent after a timeout and after every re-registration). Every job costs the
+ * thread O(1): requests are on lists and indexed by request id, jobs hashed by (id,
+ * attempt), and the timers look at the oldest report in flight only. See worker_int.h. */
 #include "clock.h"
 #include "codec.h"
 #include "worker_int.h"
@@ -41,57 +43,66 @@ map_source(int v)
                                                                 : CORRAL_SOURCE_NONE;
 }
 
-/* Appends r (takes ownership) to the thread's pending list, to be sent. Thread only. */
+/* Puts r (borrowed; taken off its list) on the send list, to go at retry_at_ms. It keeps
+ * its request id in the map until it is sent again: a late reply still settles it. */
 static void
-pending_push(struct corral_worker *w, struct req *r)
+sendq_push(struct corral_worker *w, struct req *r, uint64_t retry_at_ms)
 {
-    struct req **pp = &w->pending;
+    worker_list_unlink(r);
+    r->retry_at_ms = retry_at_ms;
+    worker_list_push(&w->sendq, r);
+}
 
-    while (*pp != NULL)
-        pp = &(*pp)->next;
-    r->next = NULL;
-    r->needs_send = true;
-    r->retry_at_ms = 0;
-    *pp = r;
+/* Forgets r (takes ownership): off its list, out of the map, freed. */
+static void
+req_drop(struct corral_worker *w, struct req *r)
+{
+    worker_list_unlink(r);
+    worker_map_remove(&w->byid, r->request_id);
+    worker_req_free(r);
 }
 
 /* ------------------------------------------------------------------ jobs */
 
 /* Returns owned *out: a job for Dispatch d (borrowed), with two references (the running
- * table's and the queue's). Returns 0, CORRAL_ENOMEM or CORRAL_EIO (no eventfd). */
+ * table's and the queue's), in one allocation. Returns 0 or CORRAL_ENOMEM. */
 static int
 job_new(struct corral_job **out, struct corral_worker *w, const Corral__V1__Dispatch *d)
 {
-    int rc = CORRAL_OK;
-    struct corral_job *j = calloc(1, sizeof *j);
+    const char *kind = d->kind != NULL ? d->kind : "";
+    const char *group = d->group != NULL ? d->group : "";
+    size_t nid = strlen(d->job) + 1, nkind = strlen(kind) + 1, ngroup = strlen(group) + 1;
+    size_t fixed = sizeof(struct corral_job) + nid + nkind + ngroup + 1;
+    struct corral_job *j;
+    char *p;
 
+    if (d->payload.len > SIZE_MAX - fixed)
+        return CORRAL_ENOMEM;
+    j = malloc(fixed + d->payload.len);
     if (j == NULL)
         return CORRAL_ENOMEM;
+    memset(j, 0, sizeof *j);
+    /* The payload first: it starts where the struct ends, aligned like it. */
+    p = (char *)(j + 1);
+    if (d->payload.len > 0)
+        memcpy(p, d->payload.data, d->payload.len);
+    p[d->payload.len] = '\0';
+    j->payload = (const uint8_t *)p;
+    j->payload_len = d->payload.len;
+    p += d->payload.len + 1;
+    j->id = memcpy(p, d->job, nid);
+    p += nid;
+    j->kind = memcpy(p, kind, nkind);
+    p += nkind;
+    j->group = memcpy(p, group, ngroup);
     j->w = w;
     j->attempt = d->attempt;
+    j->hash = worker_job_hash(j->id, j->attempt);
     j->refs = 2;
-    j->cancel_fd = -1;
+    atomic_init(&j->cancel_fd, -1);
     atomic_init(&j->cancelled, false);
-    j->id = worker_dup_str(d->job);
-    j->kind = worker_dup_str(d->kind);
-    j->group = worker_dup_str(d->group);
-    j->payload = codec_dup_bytes(d->payload.data, d->payload.len);
-    if (j->id == NULL || j->kind == NULL || j->group == NULL || j->payload == NULL) {
-        rc = CORRAL_ENOMEM;
-        goto out;
-    }
-    j->payload_len = d->payload.len;
-    j->cancel_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    if (j->cancel_fd < 0) {
-        rc = CORRAL_EIO;
-        goto out;
-    }
     *out = j;
-    j = NULL;
-out:
-    if (j != NULL)
-        worker_job_destroy(j);
-    return rc;
+    return CORRAL_OK;
 }
 
 /* ------------------------------------------------------------------ sending (thread) */
@@ -104,21 +115,17 @@ wsend(struct corral_worker *w, Corral__V1__Envelope *env, uint64_t *id)
 {
     int rc;
     uint64_t rid = ++w->last_id;
-    uint8_t *buf = NULL;
+    const uint8_t *buf = NULL;
     size_t len = 0;
 
-    rc = codec_pack(env, rid, &buf, &len);
+    rc = codec_pack(&w->out, env, rid, &buf, &len);
     if (rc != CORRAL_OK)
-        goto out;
-    if (zmq_send(w->sock, buf, len, ZMQ_DONTWAIT) < 0) {
-        rc = zmq_errno() == EAGAIN || zmq_errno() == EINTR ? CORRAL_EBUSY : CORRAL_EIO;
-        goto out;
-    }
+        return rc;
+    if (zmq_send(w->sock, buf, len, ZMQ_DONTWAIT) < 0)
+        return zmq_errno() == EAGAIN || zmq_errno() == EINTR ? CORRAL_EBUSY : CORRAL_EIO;
     if (id != NULL)
         *id = rid;
-out:
-    free(buf);
-    return rc;
+    return CORRAL_OK;
 }
 
 /* Sends request r (borrowed) once. Same returns as wsend. */
@@ -133,7 +140,7 @@ send_req(struct corral_worker *w, struct req *r, uint64_t *id)
 
     switch (r->kind) {
     case REQ_STARTED:
-        started.job = r->job;
+        started.job = (char *)r->job;
         started.attempt = r->attempt;
         started.value.data = r->data;
         started.value.len = r->len;
@@ -141,7 +148,7 @@ send_req(struct corral_worker *w, struct req *r, uint64_t *id)
         env.started = &started;
         break;
     case REQ_DONE:
-        done.job = r->job;
+        done.job = (char *)r->job;
         done.attempt = r->attempt;
         done.result.data = r->data;
         done.result.len = r->len;
@@ -149,7 +156,7 @@ send_req(struct corral_worker *w, struct req *r, uint64_t *id)
         env.done = &done;
         break;
     case REQ_FAILED:
-        failed.job = r->job;
+        failed.job = (char *)r->job;
         failed.attempt = r->attempt;
         failed.type = r->type;
         failed.message = r->message;
@@ -159,7 +166,7 @@ send_req(struct corral_worker *w, struct req *r, uint64_t *id)
         env.failed = &failed;
         break;
     case REQ_CANCEL_ACK:
-        ack.job = r->job;
+        ack.job = (char *)r->job;
         ack.attempt = r->attempt;
         env.body_case = CORRAL__V1__ENVELOPE__BODY_CANCEL_ACK;
         env.cancel_ack = &ack;
@@ -174,7 +181,7 @@ static void
 send_ready(struct corral_worker *w, uint64_t now)
 {
     int rc = CORRAL_OK;
-    size_t n = 0, i = 0;
+    size_t n = w->table.count, i = 0, b;
     uint64_t id = 0;
     struct corral_job *j;
     struct snap *snap = NULL;
@@ -183,8 +190,6 @@ send_ready(struct corral_worker *w, uint64_t now)
     Corral__V1__Envelope env = CORRAL__V1__ENVELOPE__INIT;
     Corral__V1__Ready ready = CORRAL__V1__READY__INIT;
 
-    for (j = w->table; j != NULL; j = j->tnext)
-        n++;
     if (n > 0) {
         rj = calloc(n, sizeof *rj);
         rjp = calloc(n, sizeof *rjp);
@@ -194,16 +199,18 @@ send_ready(struct corral_worker *w, uint64_t now)
             goto out;
         }
     }
-    for (j = w->table; j != NULL; j = j->tnext, i++) {
-        corral__v1__running_job__init(&rj[i]);
-        rj[i].job = j->id;
-        rj[i].attempt = j->attempt;
-        rjp[i] = &rj[i];
-        snap[i].attempt = j->attempt;
-        snap[i].job = worker_dup_str(j->id);
-        if (snap[i].job == NULL) {
-            rc = CORRAL_ENOMEM;
-            goto out;
+    for (b = 0; b < w->table.nbuckets; b++) {
+        for (j = w->table.buckets[b]; j != NULL; j = j->tnext, i++) {
+            corral__v1__running_job__init(&rj[i]);
+            rj[i].job = (char *)j->id;
+            rj[i].attempt = j->attempt;
+            rjp[i] = &rj[i];
+            snap[i].attempt = j->attempt;
+            snap[i].job = worker_dup_str(j->id);
+            if (snap[i].job == NULL) {
+                rc = CORRAL_ENOMEM;
+                goto out;
+            }
         }
     }
     ready.n_kinds = w->nkinds;
@@ -278,34 +285,37 @@ run_timers(struct corral_worker *w, uint64_t now)
         (void)wsend(w, &env, NULL); /* one lost while disconnected does not matter */
         w->next_hb_ms = now + w->hb_interval_ms;
     }
-    for (r = w->pending; r != NULL; r = r->next) {
-        if (r->kind != REQ_STARTED && !r->needs_send && r->request_id != 0 &&
-            now - r->sent_ms >= w->hb_timeout_ms) {
-            r->needs_send = true;
-            r->retry_at_ms = now;
-        }
-    }
+    /* Finals in flight are in the order they were sent, and all wait as long. */
+    while ((r = w->inflight.head) != NULL && now - r->sent_ms >= w->hb_timeout_ms)
+        sendq_push(w, r, now);
 }
 
-/* Sends every pending request that is due, once a Ready has gone out before them. */
+/* Sends every request of the send list that is due, once a Ready has gone out before
+ * them; each goes to its in-flight list, indexed by its new request id. */
 static void
 flush(struct corral_worker *w, uint64_t now)
 {
-    struct req *r;
+    struct req *r, *next;
 
     if (w->ready_id == 0)
         return;
-    for (r = w->pending; r != NULL; r = r->next) {
+    for (r = w->sendq.head; r != NULL; r = next) {
         uint64_t id = 0;
         int rc;
 
-        if (!r->needs_send || now < r->retry_at_ms)
+        next = r->next;
+        if (now < r->retry_at_ms)
             continue;
         rc = send_req(w, r, &id);
         if (rc == CORRAL_OK) {
-            r->needs_send = false;
+            worker_list_unlink(r);
+            worker_map_remove(&w->byid, r->request_id);
             r->request_id = id;
             r->sent_ms = now;
+            /* Out of memory: its reply goes unmatched, and it is sent again after the
+             * timeout (a Started one's caller times out). */
+            (void)worker_map_add(&w->byid, r);
+            worker_list_push(r->kind == REQ_STARTED ? &w->started : &w->inflight, r);
         } else if (rc == CORRAL_EBUSY) {
             w->blocked = true;
             return;
@@ -328,14 +338,12 @@ next_wakeup(const struct corral_worker *w, uint64_t now, uint64_t flush_deadline
         t = min_u64(t, w->ready_sent_ms + w->hb_timeout_ms);
     else if (!w->blocked)
         t = min_u64(t, w->next_ready_ms);
-    for (r = w->pending; r != NULL; r = r->next) {
-        if (r->needs_send) {
-            if (w->ready_id != 0 && !w->blocked)
-                t = min_u64(t, r->retry_at_ms);
-        } else if (r->kind != REQ_STARTED && r->request_id != 0) {
-            t = min_u64(t, r->sent_ms + w->hb_timeout_ms);
-        }
-    }
+    /* After flush, only requests that are not due yet remain (usually none). */
+    if (w->ready_id != 0 && !w->blocked)
+        for (r = w->sendq.head; r != NULL; r = r->next)
+            t = min_u64(t, r->retry_at_ms);
+    if (w->inflight.head != NULL)
+        t = min_u64(t, w->inflight.head->sent_ms + w->hb_timeout_ms);
     if (w->blocked)
         t = min_u64(t, now + RETRY_MS);
     if (flush_deadline != 0)
@@ -361,15 +369,12 @@ answer_started(struct corral_worker *w, struct req *r, int code)
         worker_req_free(r);
 }
 
-/* Ends final report *pp (unlinked and freed) and the job's place in the running table. */
+/* Ends final report r (dropped) and the job's place in the running table. */
 static void
-finish_final(struct corral_worker *w, struct req **pp)
+finish_final(struct corral_worker *w, struct req *r)
 {
-    struct req *r = *pp;
-
-    *pp = r->next;
     worker_table_remove(w, r->job, r->attempt);
-    worker_req_free(r);
+    req_drop(w, r);
 }
 
 /* Stops (cancels locally) every job announced in the last Ready that the broker did not
@@ -433,13 +438,13 @@ on_ready_reply(struct corral_worker *w, const Corral__V1__Reply *r, int code, ui
     w->next_hb_ms = now + w->hb_interval_ms;
     reclaim(w, r);
     /* Reports sent before this Ready may have died with the old broker: send them again.
-     * A duplicate is answered ERR_STALE_ATTEMPT or ERR_WRONG_STATE, which acknowledges it. */
-    for (p = w->pending; p != NULL; p = p->next) {
-        if (p->kind != REQ_STARTED && p->request_id != 0 && p->request_id < w->ready_id) {
-            p->needs_send = true;
+     * A duplicate is answered ERR_STALE_ATTEMPT or ERR_WRONG_STATE, which acknowledges it.
+     * (In flight they are in send order, so they are the first ones.) */
+    while ((p = w->inflight.head) != NULL && p->request_id < w->ready_id)
+        sendq_push(w, p, now);
+    for (p = w->sendq.head; p != NULL; p = p->next)
+        if (p->kind != REQ_STARTED && p->request_id != 0 && p->request_id < w->ready_id)
             p->retry_at_ms = now;
-        }
-    }
 }
 
 /* Handles Reply r (borrowed) to request id. */
@@ -447,21 +452,16 @@ static void
 on_reply(struct corral_worker *w, uint64_t id, const Corral__V1__Reply *r, uint64_t now)
 {
     int code = codec_reply_code(r);
-    struct req **pp, *p;
+    struct req *p;
 
     if (w->ready_id != 0 && id == w->ready_id) {
         on_ready_reply(w, r, code, now);
         return;
     }
-    for (pp = &w->pending; *pp != NULL; pp = &(*pp)->next)
-        if ((*pp)->request_id == id)
-            break;
-    p = *pp;
+    p = worker_map_find(&w->byid, id);
     if (code == CORRAL_EUNKNOWNWORKER) {
-        if (p != NULL) {
-            p->needs_send = true; /* again, after the Ready */
-            p->retry_at_ms = now;
-        }
+        if (p != NULL)
+            sendq_push(w, p, now); /* again, after the Ready */
         /* Sent after our last Ready: the broker has forgotten us since (restarted, or
          * declared us lost). Sent before it: the Ready in flight deals with it. */
         if (w->ready_id != 0 && id > w->ready_id)
@@ -471,7 +471,8 @@ on_reply(struct corral_worker *w, uint64_t id, const Corral__V1__Reply *r, uint6
     if (p == NULL)
         return; /* a heartbeat, an immediate CancelAck, or a late duplicate */
     if (p->kind == REQ_STARTED) {
-        *pp = p->next;
+        worker_list_unlink(p);
+        worker_map_remove(&w->byid, p->request_id);
         answer_started(w, p, code);
         return;
     }
@@ -480,28 +481,24 @@ on_reply(struct corral_worker *w, uint64_t id, const Corral__V1__Reply *r, uint6
     case CORRAL_ESTALE:
     case CORRAL_EWRONGSTATE:
     case CORRAL_ENOTFOUND:
-        finish_final(w, pp);
+        finish_final(w, p);
         break;
     case CORRAL_ETOOLARGE:
-        if (worker_req_shrink(p)) {
-            p->needs_send = true;
-            p->retry_at_ms = now;
-        } else {
-            finish_final(w, pp);
-        }
+        if (worker_req_shrink(p))
+            sendq_push(w, p, now);
+        else
+            finish_final(w, p);
         break;
     case CORRAL_EBUSY:
-        p->needs_send = true;
-        p->retry_at_ms = now + (r->retry_after_ms > RETRY_MS ? r->retry_after_ms : RETRY_MS);
+        sendq_push(w, p, now + (r->retry_after_ms > RETRY_MS ? r->retry_after_ms : RETRY_MS));
         break;
     case CORRAL_EINTERNAL:
     case CORRAL_ESHUTDOWN:
-        p->needs_send = true;
-        p->retry_at_ms = now + w->hb_interval_ms;
+        sendq_push(w, p, now + w->hb_interval_ms);
         break;
     default:
         /* Refused for good (bad request, version...): sending it again cannot help. */
-        finish_final(w, pp);
+        finish_final(w, p);
         break;
     }
 }
@@ -522,10 +519,11 @@ refuse_dispatch(struct corral_worker *w, const Corral__V1__Dispatch *d, int rc)
         worker_req_free(r);
         return;
     }
-    pending_push(w, r);
+    sendq_push(w, r, 0);
 }
 
-/* Handles Dispatch d (borrowed): a new job for the queue and the running table. */
+/* Handles Dispatch d (borrowed): a new job for the running table, and for the batch that
+ * goes to the queue once the frames at hand are handled. */
 static void
 on_dispatch(struct corral_worker *w, const Corral__V1__Dispatch *d)
 {
@@ -537,33 +535,56 @@ on_dispatch(struct corral_worker *w, const Corral__V1__Dispatch *d)
     if (worker_table_find(w, d->job, d->attempt) != NULL)
         return; /* a duplicate */
     rc = job_new(&j, w, d);
+    if (rc == CORRAL_OK && (rc = worker_table_add(w, j)) != CORRAL_OK)
+        worker_job_destroy(j);
     if (rc != CORRAL_OK) {
         refuse_dispatch(w, d, rc);
         return;
     }
-    j->tnext = w->table;
-    w->table = j;
-    pthread_mutex_lock(&w->mu);
     j->qnext = NULL;
-    if (w->q_tail != NULL)
-        w->q_tail->qnext = j;
+    if (w->batch_tail != NULL)
+        w->batch_tail->qnext = j;
     else
-        w->q_head = j;
-    w->q_tail = j;
-    worker_efd_post(w->jobs_fd);
-    pthread_cond_signal(&w->jobs_cond);
-    pthread_mutex_unlock(&w->mu);
+        w->batch_head = j;
+    w->batch_tail = j;
 }
 
-/* Whether a final report about (job, attempt) (borrowed) is pending. */
+/* Moves the batch of dispatched jobs to the API's queue, under one lock, and wakes as many
+ * waiters as it may satisfy. */
+static void
+publish_batch(struct corral_worker *w)
+{
+    bool many;
+
+    if (w->batch_head == NULL)
+        return;
+    many = w->batch_head != w->batch_tail;
+    pthread_mutex_lock(&w->mu);
+    if (w->q_tail != NULL)
+        w->q_tail->qnext = w->batch_head;
+    else
+        w->q_head = w->batch_head;
+    w->q_tail = w->batch_tail;
+    worker_jobs_fd_sync(w);
+    if (many)
+        pthread_cond_broadcast(&w->jobs_cond);
+    else
+        pthread_cond_signal(&w->jobs_cond);
+    pthread_mutex_unlock(&w->mu);
+    w->batch_head = w->batch_tail = NULL;
+}
+
+/* Whether a final report about (job, attempt) (borrowed) waits for the broker. A scan:
+ * only asked for a Cancel of a job that is not in the running table. */
 static bool
 final_pending(const struct corral_worker *w, const char *job, uint32_t attempt)
 {
-    const struct req *r;
+    const struct reqlist *lists[] = {&w->sendq, &w->inflight};
 
-    for (r = w->pending; r != NULL; r = r->next)
-        if (r->kind != REQ_STARTED && r->attempt == attempt && strcmp(r->job, job) == 0)
-            return true;
+    for (size_t i = 0; i < sizeof lists / sizeof lists[0]; i++)
+        for (const struct req *r = lists[i]->head; r != NULL; r = r->next)
+            if (r->kind != REQ_STARTED && r->attempt == attempt && strcmp(r->job, job) == 0)
+                return true;
     return false;
 }
 
@@ -590,7 +611,7 @@ on_cancel(struct corral_worker *w, const Corral__V1__Cancel *c)
         /* Its holder freed it without a report: nothing runs it any more. */
         if (ack != NULL) {
             j->reported = true;
-            pending_push(w, ack);
+            sendq_push(w, ack, 0);
             ack = NULL;
         }
     } else {
@@ -604,12 +625,12 @@ on_cancel(struct corral_worker *w, const Corral__V1__Cancel *c)
 static void
 on_frame(struct corral_worker *w, const void *data, size_t len, uint64_t now)
 {
-    Corral__V1__Envelope *env = NULL;
+    const Corral__V1__Envelope *env = NULL;
 
-    if (codec_unpack(data, len, &env) != CORRAL_OK)
+    if (codec_unpack(&w->arena, data, len, &env) != CORRAL_OK)
         return;
     if (env->version != CORRAL_PROTOCOL_VERSION)
-        goto out;
+        return;
     switch (env->body_case) {
     case CORRAL__V1__ENVELOPE__BODY_REPLY:
         if (env->reply != NULL)
@@ -630,15 +651,14 @@ on_frame(struct corral_worker *w, const void *data, size_t len, uint64_t now)
     default:
         break;
     }
-out:
-    codec_envelope_free(&env);
 }
 
-/* Handles what is waiting on the socket. Returns 0, or CORRAL_EIO on a socket error. */
+/* Handles what is waiting on the socket, then queues the jobs it dispatched. Returns 0,
+ * or CORRAL_EIO on a socket error. */
 static int
 drain(struct corral_worker *w)
 {
-    int i;
+    int i, rc = CORRAL_OK;
     uint64_t now = clock_mono_ms();
 
     for (i = 0; i < DRAIN_MAX; i++) {
@@ -650,7 +670,9 @@ drain(struct corral_worker *w)
             int e = zmq_errno();
 
             zmq_msg_close(&msg);
-            return e == EAGAIN || e == EINTR ? CORRAL_OK : CORRAL_EIO;
+            if (e != EAGAIN && e != EINTR)
+                rc = CORRAL_EIO;
+            break;
         }
         more = zmq_msg_more(&msg);
         if (!more)
@@ -660,38 +682,64 @@ drain(struct corral_worker *w)
             more = zmq_msg_more(&msg);
         zmq_msg_close(&msg);
     }
-    return CORRAL_OK;
+    publish_batch(w);
+    return rc;
 }
 
-/* Moves the API's queued requests to the pending list and drops Started requests their
- * caller gave up on. Returns whether the worker is stopping. */
+/* Drops the Started requests of list l whose caller gave up (refs 1: only the thread's
+ * reference is left). Caller holds w->mu. */
+static void
+drop_abandoned_started(struct corral_worker *w, struct reqlist *l)
+{
+    struct req *r, *next;
+
+    for (r = l->head; r != NULL; r = next) {
+        next = r->next;
+        if (r->kind == REQ_STARTED && r->refs == 1)
+            req_drop(w, r);
+    }
+}
+
+/* Moves the API's queued requests to the send list, all at once, and drops Started
+ * requests their caller gave up on (scanning only when one did). The thread is awake
+ * from here on. Returns whether the worker is stopping. */
 static bool
 take_requests(struct corral_worker *w)
 {
-    struct req **pp;
     bool stop;
 
     pthread_mutex_lock(&w->mu);
+    w->sleeping = false;
     while (w->out_head != NULL) {
         struct req *r = w->out_head;
 
         w->out_head = r->next;
-        pending_push(w, r);
+        r->next = NULL;
+        sendq_push(w, r, 0);
     }
     w->out_tail = NULL;
-    for (pp = &w->pending; *pp != NULL;) {
-        struct req *r = *pp;
-
-        if (r->kind == REQ_STARTED && r->refs == 1) {
-            *pp = r->next;
-            worker_req_free(r);
-        } else {
-            pp = &r->next;
-        }
+    if (w->started_dropped > 0) {
+        drop_abandoned_started(w, &w->sendq);
+        drop_abandoned_started(w, &w->started);
+        w->started_dropped = 0;
     }
     stop = w->stop;
     pthread_mutex_unlock(&w->mu);
     return stop;
+}
+
+/* Whether the thread may sleep (it then counts as sleeping: the next request wakes it),
+ * or requests came since take_requests. */
+static bool
+may_sleep(struct corral_worker *w)
+{
+    bool idle;
+
+    pthread_mutex_lock(&w->mu);
+    idle = w->out_head == NULL;
+    w->sleeping = idle;
+    pthread_mutex_unlock(&w->mu);
+    return idle;
 }
 
 /* Whether a final report still waits for the broker. */
@@ -700,7 +748,9 @@ has_finals(const struct corral_worker *w)
 {
     const struct req *r;
 
-    for (r = w->pending; r != NULL; r = r->next)
+    if (w->inflight.n > 0)
+        return true;
+    for (r = w->sendq.head; r != NULL; r = r->next)
         if (r->kind != REQ_STARTED)
             return true;
     return false;
@@ -731,31 +781,38 @@ worker_thread_main(void *arg)
         run_timers(w, now);
         flush(w, now);
         timeout = next_wakeup(w, now, flush_deadline);
-        items[0].socket = w->sock;
-        items[0].fd = 0;
-        items[0].events = (short)(ZMQ_POLLIN | (w->blocked ? ZMQ_POLLOUT : 0));
-        items[0].revents = 0;
-        items[1].socket = NULL;
-        items[1].fd = w->wake_fd;
-        items[1].events = ZMQ_POLLIN;
-        items[1].revents = 0;
-        if (zmq_poll(items, 2, timeout) < 0) {
-            if (zmq_errno() == EINTR)
-                continue;
-            break;
+        if (timeout != 0 && !may_sleep(w))
+            timeout = 0; /* a request came meanwhile: just look at the socket */
+        /* With nothing to wait for, the socket is read at once (a wake-up left in
+         * wake_fd is taken by the next poll that waits). */
+        if (timeout != 0) {
+            items[0].socket = w->sock;
+            items[0].fd = 0;
+            items[0].events = (short)(ZMQ_POLLIN | (w->blocked ? ZMQ_POLLOUT : 0));
+            items[0].revents = 0;
+            items[1].socket = NULL;
+            items[1].fd = w->wake_fd;
+            items[1].events = ZMQ_POLLIN;
+            items[1].revents = 0;
+            if (zmq_poll(items, 2, timeout) < 0) {
+                if (zmq_errno() == EINTR)
+                    continue;
+                break;
+            }
+            if (items[1].revents & ZMQ_POLLIN)
+                worker_efd_take(w->wake_fd);
         }
-        if (items[1].revents & ZMQ_POLLIN)
-            worker_efd_take(w->wake_fd);
         if (drain(w) != CORRAL_OK)
             break;
     }
     zmq_close(w->sock);
     w->sock = NULL;
+    publish_batch(w);
     pthread_mutex_lock(&w->mu);
     w->closed = true;
-    /* One extra count that nobody takes: the fd stays readable, and corral_worker_next
-     * returns the queued jobs, then CORRAL_ECLOSED without blocking. */
-    worker_efd_post(w->jobs_fd);
+    /* The fd stays readable for good, and corral_worker_next returns the queued jobs,
+     * then CORRAL_ECLOSED without blocking. */
+    worker_jobs_fd_sync(w);
     pthread_cond_broadcast(&w->jobs_cond);
     pthread_cond_broadcast(&w->reply_cond);
     pthread_mutex_unlock(&w->mu);
