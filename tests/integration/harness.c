@@ -1466,3 +1466,23 @@ eventually(bool (*cond)(void *arg), void *arg, int timeout_ms)
         sleep_ms(10);
     }
 }
+
+void
+expect_worker_cancel(struct test_worker *w, const char *job, enum corral_cancel_source source,
+                     const char *reason)
+{
+    struct cancel_seen cs;
+    cr_assert(test_worker_cancel_of(w, job, &cs), "the worker saw no cancel of %s", job);
+    cr_assert(cs.source == source, "cancel of %s: source %s, expected %s", job,
+              corral_source_name(cs.source), corral_source_name(source));
+    cr_assert_str_eq(cs.reason, reason, "cancel of %s: reason '%s', expected '%s'", job, cs.reason,
+                     reason);
+}
+
+void
+expect_no_worker_problem(struct test_worker *w)
+{
+    char problem[256];
+    test_worker_problem(w, problem, sizeof problem);
+    cr_expect(problem[0] == '\0', "the test worker met an error: %s", problem);
+}

@@ -84,6 +84,11 @@ struct cancel_seen {
 struct test_worker *test_worker_start(const struct broker *b, unsigned concurrency);
 /* Stops it (jobs still running are abandoned) and frees it. */
 void test_worker_stop(struct test_worker **w);
+/* Asserts the worker saw a cancel of job with this source and reason. */
+void expect_worker_cancel(struct test_worker *w, const char *job, enum corral_cancel_source source,
+                          const char *reason);
+/* Expects (without stopping the test) that the worker met no error of its own. */
+void expect_no_worker_problem(struct test_worker *w);
 /* Copies up to max cancels seen so far into out; returns how many there were in all. */
 size_t test_worker_cancels(struct test_worker *w, struct cancel_seen *out, size_t max);
 /* Number of jobs the worker has started so far. */

@@ -12,26 +12,6 @@
 
 TestSuite(s4_propagation, .fini = harness_teardown);
 
-static void
-expect_worker_cancel(struct test_worker *w, const char *job, enum corral_cancel_source source,
-                     const char *reason)
-{
-    struct cancel_seen cs;
-    cr_assert(test_worker_cancel_of(w, job, &cs), "the worker saw no cancel of %s", job);
-    cr_assert(cs.source == source, "cancel of %s: source %s, expected %s", job,
-              corral_source_name(cs.source), corral_source_name(source));
-    cr_assert_str_eq(cs.reason, reason, "cancel of %s: reason '%s', expected '%s'", job, cs.reason,
-                     reason);
-}
-
-static void
-expect_no_worker_problem(struct test_worker *w)
-{
-    char problem[256];
-    test_worker_problem(w, problem, sizeof problem);
-    cr_expect(problem[0] == '\0', "the test worker met an error: %s", problem);
-}
-
 /* Registers a raw worker for kind "raw" with concurrency 1 and checks the Ready reply. */
 static void
 raw_worker_register(struct raw_peer *p, const struct broker *b)

@@ -84,14 +84,6 @@ expect_same_tree(const struct corral_node *before, const struct corral_node *aft
               where != NULL ? where : "?");
 }
 
-static void
-expect_no_worker_problem(struct test_worker *w)
-{
-    char problem[256];
-    test_worker_problem(w, problem, sizeof problem);
-    cr_expect(problem[0] == '\0', "the test worker met an error: %s", problem);
-}
-
 /* Connects a raw worker for kind "raw", concurrency 1, announcing the given running job
  * (job NULL: none); returns how many jobs the Ready reply reclaimed, and checks that they
  * are exactly that job when reclaimed is expected. */

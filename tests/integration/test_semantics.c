@@ -25,27 +25,6 @@ pause_ms(long ms)
     nanosleep(&ts, NULL);
 }
 
-static void
-expect_no_worker_problem(struct test_worker *w)
-{
-    char problem[256];
-    test_worker_problem(w, problem, sizeof problem);
-    cr_expect(problem[0] == '\0', "the test worker met an error: %s", problem);
-}
-
-/* Asserts the worker saw a cancel of job with this source and reason. */
-static void
-expect_worker_cancel(struct test_worker *w, const char *job, enum corral_cancel_source source,
-                     const char *reason)
-{
-    struct cancel_seen cs;
-    cr_assert(test_worker_cancel_of(w, job, &cs), "the worker saw no cancel of %s", job);
-    cr_assert(cs.source == source, "cancel of %s: source %s, expected %s", job,
-              corral_source_name(cs.source), corral_source_name(source));
-    cr_assert_str_eq(cs.reason, reason, "cancel of %s: reason '%s', expected '%s'", job, cs.reason,
-                     reason);
-}
-
 /* ------------------------------------------------------------------ S1 */
 
 Test(s1_group_completion, ends_only_when_closed_and_children_ended)
