@@ -219,6 +219,8 @@ on_ready(struct engine *e, const struct peer *from, const struct cmd *c)
     w->last_seen_ms = e->now;
 
     struct running_ref *back = arena_alloc(&e->out->arena, (c->nrunning + 1) * sizeof(*back));
+    if (back == NULL)
+        engine_oom();
     size_t nback = 0;
     for (size_t i = 0; i < c->nrunning; i++) {
         struct job *j = as_job(engine_lookup(e, c->running[i].job, NODE_JOB));

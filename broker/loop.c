@@ -31,6 +31,8 @@ struct loop {
     void *monitor[2]; /* PAIR sockets receiving each ROUTER's connection events */
     struct outbox out;
     struct wire_encoder enc;
+    struct peer gone; /* the last peer reported vanished this turn */
+    bool gone_set;
     struct loop_stats stats;
     bool stopping;
 };
@@ -239,6 +241,12 @@ read_monitor(struct loop *l, enum peer_side side)
     }
 }
 
+static bool
+same_peer(const struct peer *a, const struct peer *b)
+{
+    return a->side == b->side && a->len == b->len && memcmp(a->id, b->id, a->len) == 0;
+}
+
 /* Sends one message; a vanished peer is forgotten, a full queue is counted and logged
  * (never silently dropped). */
 static void
@@ -257,7 +265,12 @@ send_one(struct loop *l, const struct out_msg *m)
         int e = errno;
         if (e == EHOSTUNREACH) {
             l->stats.unreachable++;
-            engine_peer_gone(l->eng, &m->to);
+            /* A turn may hold many messages for one vanished peer: forget it once. */
+            if (!l->gone_set || !same_peer(&l->gone, &m->to)) {
+                engine_peer_gone(l->eng, &m->to);
+                l->gone = m->to;
+                l->gone_set = true;
+            }
         } else {
             l->stats.send_full++;
             log_event(LOG_WARN, "send_dropped", "side=%s reason=\"%s\" type=%d",
@@ -338,6 +351,7 @@ turn(struct loop *l, uint64_t *next)
     engine_flush(l->eng, &l->out);
     if (commit(l) != 0)
         return -1;
+    l->gone_set = false;
     for (size_t i = 0; i < l->out.nmsgs; i++)
         send_one(l, &l->out.msgs[i]);
     outbox_reset(&l->out);
