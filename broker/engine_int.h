@@ -160,6 +160,10 @@ void *ememdup(const void *p, size_t len);
 void eappend(void ***arr, size_t *n, size_t *cap, void *item);
 
 /* ---- ids (engine.c) */
+/* Gives n its id and string form and enters it in the id map. */
+void node_init(struct engine *e, struct node *n, enum node_type type, uint64_t id);
+/* How many nodes are on the path from n to the root (0 for NULL). */
+uint32_t depth_of(const struct node *n);
 struct node *engine_node(struct engine *e, uint64_t id);
 struct node *engine_lookup(struct engine *e, const char *idstr, enum node_type type);
 struct group *as_group(struct node *n);
