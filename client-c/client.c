@@ -3,12 +3,12 @@
  * Every request is one frame holding an Envelope{version 1, request_id = ++counter}.
  * Blocking calls send, then read the socket (zmq_poll) until the reply carrying their
  * request id arrives or their deadline passes. Whatever else arrives meanwhile is
- * routed: replies to pipelined submits go to a FIFO of results, Event messages to an
- * event FIFO (less the types a filtered subscription does not want, should the broker not
- * filter them itself), and replies nobody waits for (a late answer to a call that timed
- * out) are dropped. Network input never reaches an assert. Frames are unpacked into one
- * arena and requests packed into one buffer, both reused. Not thread-safe (one per
- * thread). */
+ * routed: replies to pipelined submits and Event messages go to the queues of
+ * client_async.c (which also holds the pipelined submits and the subscriptions
+ * themselves), and replies nobody waits for (a late answer to a call that timed out) are
+ * dropped. Network input never reaches an assert. Frames are unpacked into one arena and
+ * requests packed into one buffer, both reused. Not thread-safe (one per thread). */
+#include "client_int.h"
 #include "clock.h"
 #include "codec.h"
 #include "corral.h"
@@ -20,75 +20,10 @@
 #include <string.h>
 #include <zmq.h>
 
-#define CLIENT_HWM            100000
-#define CLIENT_LAST_ERROR_MAX 1024
-#define CLIENT_DRAIN_MAX      1024 /* frames read per opportunistic drain */
-#define CLIENT_QUIET_US       50   /* see quiet() */
-#define NO_DEADLINE           UINT64_MAX
-#define POLL_DEADLINE         0 /* timeout 0: passed at once, without reading the clock */
-
-/* An open-addressing set of request ids (0 never used: it marks an empty slot). */
-struct idset {
-    uint64_t *slots;
-    size_t cap; /* a power of two, or 0 */
-    size_t count;
-};
-
-/* A growable ring of completed pipelined submissions. */
-struct result_ring {
-    struct corral_submit_result *buf;
-    size_t cap;
-    size_t head;
-    size_t count;
-};
-
-struct event_item {
-    struct event_item *next;
-    struct corral_event *ev; /* owned */
-};
-
-/* A subscription with a filter (mask != 0). The broker filters too, but one that predates
- * the filter sends every type: the others are dropped here. The group's own GROUP_ENDED
- * always passes, and ends the subscription and this record. */
-struct sub_filter {
-    struct sub_filter *next;
-    uint64_t request_id; /* the Subscribe's, which its events carry */
-    unsigned mask;       /* bit (1u << type) per wanted type */
-    char group[CORRAL_ID_MAX];
-};
-
-/* How the last error's text is made. Texts are built only when corral_client_last_error
- * asks: an empty poll fails with CORRAL_ETIMEDOUT, and formatting a text nobody reads on
- * each of them was a measurable part of the client's CPU. */
-enum err_text {
-    ERR_TEXT_NONE,         /* "" */
-    ERR_TEXT_STATIC,       /* err_static */
-    ERR_TEXT_BUF,          /* err_buf, already formatted */
-    ERR_TEXT_NO_REPLY,     /* "no reply ... within err_arg ms" */
-    ERR_TEXT_SEND_TIMEOUT, /* "send queue full ... for err_arg ms" */
-};
-
-struct corral_client {
-    void *ctx;
-    void *sock;
-    int timeout_ms;             /* negative: forever */
-    uint64_t last_id;           /* request ids: ++last_id, never 0 */
-    struct idset submits;       /* pipelined submits without a reply yet */
-    struct result_ring results; /* pipelined submits replied, not collected */
-    struct event_item *ev_head; /* events not yet taken, oldest first */
-    struct event_item *ev_tail;
-    struct sub_filter *filters; /* owned list */
-    struct codec_arena arena;   /* the last frame received lives here */
-    struct codec_buf out;       /* the last request sent was packed here */
-    uint64_t quiet_until_us;    /* the socket was found empty: see quiet() */
-    enum err_text err_kind;     /* the last error */
-    const char *err_static;     /* ERR_TEXT_STATIC: a static string */
-    int err_arg;                /* the lazy texts' number */
-    char err_buf[CLIENT_LAST_ERROR_MAX];
-};
-
-/* What a wait is for: the reply to one request, a pipelined result, or an event. */
-enum wait_for { WAIT_REPLY, WAIT_RESULT, WAIT_EVENT };
+#define CLIENT_HWM       100000
+#define CLIENT_DRAIN_MAX 1024 /* frames read per opportunistic drain */
+#define NO_DEADLINE      UINT64_MAX
+#define POLL_DEADLINE    0 /* timeout 0: passed at once, without reading the clock */
 
 /* ------------------------------------------------------------------ small helpers */
 
@@ -117,47 +52,37 @@ set_error_static(struct corral_client *c, const char *text)
 }
 
 /* Records a failure whose text (kind) is built when asked for, with the number arg. */
-static void
-set_error_lazy(struct corral_client *c, enum err_text kind, int arg)
+void
+client_set_error_lazy(struct corral_client *c, enum err_text kind, int arg)
 {
     c->err_kind = kind;
     c->err_arg = arg;
 }
 
 /* Forgets the last error: a call starts. */
-static void
-clear_error(struct corral_client *c)
+void
+client_clear_error(struct corral_client *c)
 {
     c->err_kind = ERR_TEXT_NONE;
 }
 
 /* Records the local error rc with its generic description and returns rc. */
-static int
-fail_local(struct corral_client *c, int rc)
+int
+client_fail_local(struct corral_client *c, int rc)
 {
     set_error_static(c, corral_strerror(rc));
     return rc;
 }
 
 /* The absolute monotonic deadline for timeout_ms from now (negative: none). */
-static uint64_t
-deadline_after(int timeout_ms)
+uint64_t
+client_deadline_after(int timeout_ms)
 {
     if (timeout_ms < 0)
         return NO_DEADLINE;
     if (timeout_ms == 0)
         return POLL_DEADLINE;
     return clock_mono_ms() + (uint64_t)timeout_ms;
-}
-
-/* Whether the opportunistic drain in corral_submit_async may leave the socket alone: it
- * was found empty less than CLIENT_QUIET_US ago. Finding it empty costs libzmq two system
- * calls, and a pipelining caller submits many times between replies. Explicit calls
- * (collect, next event, waits) always look: a poll means "look now". */
-static bool
-quiet(const struct corral_client *c)
-{
-    return c->quiet_until_us != 0 && clock_mono_us() < c->quiet_until_us;
 }
 
 /* Milliseconds left until deadline, for zmq_poll (-1: forever, 0: passed). */
@@ -181,191 +106,14 @@ pb_str(const char *s)
     return (char *)(s != NULL ? s : "");
 }
 
-/* ------------------------------------------------------------------ id set */
-
-/* The slot index where id's probe sequence starts. */
-static size_t
-idset_home(const struct idset *s, uint64_t id)
+/* Whether s (borrowed) is a non-empty string. */
+bool
+client_nonempty(const char *s)
 {
-    return (size_t)((id * UINT64_C(0x9E3779B97F4A7C15)) >> 17) & (s->cap - 1);
+    return s != NULL && s[0] != '\0';
 }
 
-/* Inserts id (not 0) into s, growing it. Returns 0 or CORRAL_ENOMEM. */
-static int
-idset_add(struct idset *s, uint64_t id)
-{
-    size_t i;
-
-    if ((s->count + 1) * 2 > s->cap) {
-        size_t ncap = s->cap > 0 ? s->cap * 2 : 64;
-        struct idset n = {calloc(ncap, sizeof(uint64_t)), ncap, 0};
-
-        if (n.slots == NULL)
-            return CORRAL_ENOMEM;
-        for (i = 0; i < s->cap; i++) {
-            if (s->slots[i] != 0) {
-                size_t j = idset_home(&n, s->slots[i]);
-
-                while (n.slots[j] != 0)
-                    j = (j + 1) & (ncap - 1);
-                n.slots[j] = s->slots[i];
-                n.count++;
-            }
-        }
-        free(s->slots);
-        *s = n;
-    }
-    i = idset_home(s, id);
-    while (s->slots[i] != 0 && s->slots[i] != id)
-        i = (i + 1) & (s->cap - 1);
-    if (s->slots[i] == 0) {
-        s->slots[i] = id;
-        s->count++;
-    }
-    return CORRAL_OK;
-}
-
-/* Removes id from s; returns whether it was there. */
-static bool
-idset_remove(struct idset *s, uint64_t id)
-{
-    size_t i, j;
-
-    if (s->cap == 0 || id == 0)
-        return false;
-    i = idset_home(s, id);
-    while (s->slots[i] != id) {
-        if (s->slots[i] == 0)
-            return false;
-        i = (i + 1) & (s->cap - 1);
-    }
-    /* Backward-shift deletion keeps every probe sequence unbroken without tombstones. */
-    j = i;
-    for (;;) {
-        size_t k;
-
-        s->slots[i] = 0;
-        for (;;) {
-            j = (j + 1) & (s->cap - 1);
-            if (s->slots[j] == 0) {
-                s->count--;
-                return true;
-            }
-            k = idset_home(s, s->slots[j]);
-            /* Move slot j back to i unless its home lies cyclically in (i, j]. */
-            if (i <= j ? (i < k && k <= j) : (i < k || k <= j))
-                continue;
-            break;
-        }
-        s->slots[i] = s->slots[j];
-        i = j;
-    }
-}
-
-/* ------------------------------------------------------------------ result ring */
-
-/* Makes room for at least want results in r. Returns 0 or CORRAL_ENOMEM. */
-static int
-ring_reserve(struct result_ring *r, size_t want)
-{
-    size_t ncap, i;
-    struct corral_submit_result *nb;
-
-    if (want <= r->cap)
-        return CORRAL_OK;
-    ncap = r->cap > 0 ? r->cap : 64;
-    while (ncap < want)
-        ncap *= 2;
-    nb = malloc(ncap * sizeof *nb);
-    if (nb == NULL)
-        return CORRAL_ENOMEM;
-    for (i = 0; i < r->count; i++)
-        nb[i] = r->buf[(r->head + i) % r->cap];
-    free(r->buf);
-    r->buf = nb;
-    r->cap = ncap;
-    r->head = 0;
-    return CORRAL_OK;
-}
-
-/* Appends *res (copied) to r, whose room was reserved beforehand. */
-static void
-ring_push(struct result_ring *r, const struct corral_submit_result *res)
-{
-    if (r->count == r->cap && ring_reserve(r, r->count + 1) != CORRAL_OK)
-        return; /* cannot happen: room is reserved when the submit is sent */
-    r->buf[(r->head + r->count) % r->cap] = *res;
-    r->count++;
-}
-
-/* ------------------------------------------------------------------ routing */
-
-/* Whether the event pb (borrowed) of the subscription request_id passes its filter; the
- * group's own GROUP_ENDED (which always passes) ends the filter. */
-static bool
-filter_pass(struct corral_client *c, uint64_t request_id, const Corral__V1__Event *pb)
-{
-    struct sub_filter **pp, *f;
-    int type = (int)pb->type;
-
-    for (pp = &c->filters; *pp != NULL; pp = &(*pp)->next)
-        if ((*pp)->request_id == request_id)
-            break;
-    f = *pp;
-    if (f == NULL)
-        return true; /* no filter: every type */
-    if (type == CORRAL_EVENT_GROUP_ENDED && pb->node != NULL && pb->node->id != NULL &&
-        strcmp(pb->node->id, f->group) == 0) {
-        *pp = f->next;
-        free(f);
-        return true;
-    }
-    return type >= 0 && type < 32 && (f->mask & (1u << type)) != 0;
-}
-
-/* Queues the event in pb (borrowed), received for request_id, unless its subscription's
- * filter drops it; drops it when it cannot be converted. */
-static void
-route_event(struct corral_client *c, uint64_t request_id, const Corral__V1__Event *pb)
-{
-    struct corral_event *ev = NULL;
-    struct event_item *it;
-
-    if (c->filters != NULL && !filter_pass(c, request_id, pb))
-        return;
-    if (codec_event_new(&ev, pb) != CORRAL_OK)
-        return;
-    it = malloc(sizeof *it);
-    if (it == NULL) {
-        corral_event_free(&ev);
-        return;
-    }
-    it->next = NULL;
-    it->ev = ev;
-    if (c->ev_tail != NULL)
-        c->ev_tail->next = it;
-    else
-        c->ev_head = it;
-    c->ev_tail = it;
-}
-
-/* Records the reply r (borrowed) to the pipelined submit token as a result. */
-static void
-route_submit_reply(struct corral_client *c, uint64_t token, const Corral__V1__Reply *r)
-{
-    struct corral_submit_result res;
-
-    memset(&res, 0, sizeof res);
-    res.token = token;
-    res.err = codec_reply_code(r);
-    if (res.err == CORRAL_OK) {
-        res.err = codec_copy_id(res.id, r->id);
-        res.cancelled = r->cancelled != 0;
-    }
-    if (res.err != CORRAL_OK)
-        res.id[0] = '\0';
-    ring_push(&c->results, &res);
-}
+/* ------------------------------------------------------------------ socket */
 
 /* Handles one received frame (borrowed). When it is the reply to want (0: none), returns
  * its envelope in *out (borrowed from c's arena: valid until the next frame is read) and
@@ -386,10 +134,10 @@ route_frame(struct corral_client *c, const void *data, size_t len, uint64_t want
     if (env->version != CORRAL_PROTOCOL_VERSION)
         return false;
     if (env->body_case == CORRAL__V1__ENVELOPE__BODY_REPLY) {
-        if (env->reply != NULL && idset_remove(&c->submits, env->request_id))
-            route_submit_reply(c, env->request_id, env->reply);
+        if (env->reply != NULL)
+            client_route_submit_reply(c, env->request_id, env->reply);
     } else if (env->body_case == CORRAL__V1__ENVELOPE__BODY_EVENT && env->event != NULL) {
-        route_event(c, env->request_id, env->event);
+        client_route_event(c, env->request_id, env->event);
     }
     return false;
 }
@@ -431,8 +179,8 @@ recv_one(struct corral_client *c, uint64_t want, const Corral__V1__Envelope **ou
 }
 
 /* Reads whatever is waiting on the socket without blocking, routing it. */
-static void
-drain(struct corral_client *c)
+void
+client_drain(struct corral_client *c)
 {
     int i;
     bool got = false;
@@ -457,9 +205,9 @@ wait_satisfied(const struct corral_client *c, enum wait_for what)
 /* Reads the socket until the wait for what is satisfied or deadline passes. For
  * WAIT_REPLY, returns the reply to want in *out (borrowed from c's arena). Returns 0,
  * CORRAL_ETIMEDOUT or CORRAL_EIO. */
-static int
-wait_until(struct corral_client *c, enum wait_for what, uint64_t want, uint64_t deadline,
-           const Corral__V1__Envelope **out)
+int
+client_wait_until(struct corral_client *c, enum wait_for what, uint64_t want, uint64_t deadline,
+                  const Corral__V1__Envelope **out)
 {
     for (;;) {
         zmq_pollitem_t item = {c->sock, 0, ZMQ_POLLIN, 0};
@@ -487,8 +235,9 @@ wait_until(struct corral_client *c, enum wait_for what, uint64_t want, uint64_t 
 /* Sends env (borrowed) as request id, waiting for room in the send queue (while routing
  * what arrives) until deadline. Returns 0, CORRAL_ETIMEDOUT, CORRAL_EIO or
  * CORRAL_ENOMEM. */
-static int
-send_request(struct corral_client *c, Corral__V1__Envelope *env, uint64_t id, uint64_t deadline)
+int
+client_send_request(struct corral_client *c, Corral__V1__Envelope *env, uint64_t id,
+                    uint64_t deadline)
 {
     int rc;
     const uint8_t *buf = NULL;
@@ -507,7 +256,7 @@ send_request(struct corral_client *c, Corral__V1__Envelope *env, uint64_t id, ui
             return CORRAL_EIO;
         /* Full queue, or not connected yet (ZMQ_IMMEDIATE): keep reading meanwhile (this
          * does not touch c->out, which buf points into). */
-        drain(c);
+        client_drain(c);
         left = remaining_ms(deadline);
         if (left == 0)
             return CORRAL_ETIMEDOUT;
@@ -520,24 +269,24 @@ send_request(struct corral_client *c, Corral__V1__Envelope *env, uint64_t id, ui
  * its reply. On success returns the Reply's envelope in *out (may be NULL to discard),
  * borrowed from c's arena until the next frame is read. A broker error code is returned
  * as is, with its message kept for last_error. */
-static int
-call_id(struct corral_client *c, Corral__V1__Envelope *env, uint64_t id, int timeout_ms,
-        const Corral__V1__Envelope **out)
+int
+client_call_id(struct corral_client *c, Corral__V1__Envelope *env, uint64_t id, int timeout_ms,
+               const Corral__V1__Envelope **out)
 {
     int rc;
-    uint64_t deadline = deadline_after(timeout_ms);
+    uint64_t deadline = client_deadline_after(timeout_ms);
     const Corral__V1__Envelope *rep = NULL;
     const Corral__V1__Reply *r;
 
-    clear_error(c);
-    rc = send_request(c, env, id, deadline);
+    client_clear_error(c);
+    rc = client_send_request(c, env, id, deadline);
     if (rc == CORRAL_OK)
-        rc = wait_until(c, WAIT_REPLY, id, deadline, &rep);
+        rc = client_wait_until(c, WAIT_REPLY, id, deadline, &rep);
     if (rc != CORRAL_OK) {
         if (rc == CORRAL_ETIMEDOUT)
-            set_error_lazy(c, ERR_TEXT_NO_REPLY, timeout_ms);
+            client_set_error_lazy(c, ERR_TEXT_NO_REPLY, timeout_ms);
         else
-            fail_local(c, rc);
+            client_fail_local(c, rc);
         return rc;
     }
     r = rep->reply;
@@ -567,12 +316,12 @@ call_id(struct corral_client *c, Corral__V1__Envelope *env, uint64_t id, int tim
     return CORRAL_OK;
 }
 
-/* call_id under the next request id. */
+/* client_call_id under the next request id. */
 static int
 call(struct corral_client *c, Corral__V1__Envelope *env, int timeout_ms,
      const Corral__V1__Envelope **out)
 {
-    return call_id(c, env, ++c->last_id, timeout_ms, out);
+    return client_call_id(c, env, ++c->last_id, timeout_ms, out);
 }
 
 /* Takes the reply's id (borrowed from rep) into id_out; CORRAL_EPROTO if it is bad. */
@@ -590,13 +339,6 @@ take_id(struct corral_client *c, const Corral__V1__Envelope *rep, char id_out[CO
     if (cancelled != NULL)
         *cancelled = rep->reply->cancelled != 0;
     return CORRAL_OK;
-}
-
-/* Whether s (borrowed) is a non-empty string. */
-static bool
-nonempty(const char *s)
-{
-    return s != NULL && s[0] != '\0';
 }
 
 /* ------------------------------------------------------------------ public API */
@@ -660,23 +402,9 @@ corral_client_free(struct corral_client **p)
         zmq_close(c->sock);
     if (c->ctx != NULL)
         zmq_ctx_term(c->ctx);
-    while (c->ev_head != NULL) {
-        struct event_item *it = c->ev_head;
-
-        c->ev_head = it->next;
-        corral_event_free(&it->ev);
-        free(it);
-    }
-    while (c->filters != NULL) {
-        struct sub_filter *f = c->filters;
-
-        c->filters = f->next;
-        free(f);
-    }
+    client_async_fini(c);
     codec_arena_fini(&c->arena);
     codec_buf_fini(&c->out);
-    free(c->submits.slots);
-    free(c->results.buf);
     free(c);
     *p = NULL;
 }
@@ -722,8 +450,8 @@ corral_group_open(struct corral_client *c, const char *parent_group, const char 
 
     if (c == NULL)
         return CORRAL_EINVAL;
-    if (id_out == NULL || (nonempty(parent_group) && nonempty(parent_job)))
-        return fail_local(c, CORRAL_EINVAL);
+    if (id_out == NULL || (client_nonempty(parent_group) && client_nonempty(parent_job)))
+        return client_fail_local(c, CORRAL_EINVAL);
     body.parent_group = pb_str(parent_group);
     body.parent_job = pb_str(parent_job);
     env.body_case = CORRAL__V1__ENVELOPE__BODY_OPEN_GROUP;
@@ -735,9 +463,9 @@ corral_group_open(struct corral_client *c, const char *parent_group, const char 
 }
 
 /* Fills body (borrowed) for a submission; strings and payload are borrowed. */
-static void
-fill_submit(Corral__V1__Submit *body, const char *group, const char *kind, const void *payload,
-            size_t len)
+void
+client_fill_submit(Corral__V1__Submit *body, const char *group, const char *kind,
+                   const void *payload, size_t len)
 {
     body->group = (char *)group;
     body->kind = (char *)kind;
@@ -757,9 +485,10 @@ corral_submit(struct corral_client *c, const char *group, const char *kind, cons
 
     if (c == NULL)
         return CORRAL_EINVAL;
-    if (!nonempty(group) || !nonempty(kind) || (payload == NULL && len > 0) || id_out == NULL)
-        return fail_local(c, CORRAL_EINVAL);
-    fill_submit(&body, group, kind, payload, len);
+    if (!client_nonempty(group) || !client_nonempty(kind) || (payload == NULL && len > 0) ||
+        id_out == NULL)
+        return client_fail_local(c, CORRAL_EINVAL);
+    client_fill_submit(&body, group, kind, payload, len);
     env.body_case = CORRAL__V1__ENVELOPE__BODY_SUBMIT;
     env.submit = &body;
     rc = call(c, &env, c->timeout_ms, &rep);
@@ -777,8 +506,8 @@ corral_group_close(struct corral_client *c, const char *group)
 
     if (c == NULL)
         return CORRAL_EINVAL;
-    if (!nonempty(group))
-        return fail_local(c, CORRAL_EINVAL);
+    if (!client_nonempty(group))
+        return client_fail_local(c, CORRAL_EINVAL);
     body.group = (char *)group;
     env.body_case = CORRAL__V1__ENVELOPE__BODY_CLOSE_GROUP;
     env.close_group = &body;
@@ -794,8 +523,8 @@ corral_group_cancel(struct corral_client *c, const char *group, const char *reas
 
     if (c == NULL)
         return CORRAL_EINVAL;
-    if (!nonempty(group))
-        return fail_local(c, CORRAL_EINVAL);
+    if (!client_nonempty(group))
+        return client_fail_local(c, CORRAL_EINVAL);
     body.group = (char *)group;
     body.reason = pb_str(reason);
     env.body_case = CORRAL__V1__ENVELOPE__BODY_CANCEL_GROUP;
@@ -812,8 +541,8 @@ corral_job_cancel(struct corral_client *c, const char *job, const char *reason)
 
     if (c == NULL)
         return CORRAL_EINVAL;
-    if (!nonempty(job))
-        return fail_local(c, CORRAL_EINVAL);
+    if (!client_nonempty(job))
+        return client_fail_local(c, CORRAL_EINVAL);
     body.job = (char *)job;
     body.reason = pb_str(reason);
     env.body_case = CORRAL__V1__ENVELOPE__BODY_CANCEL_JOB;
@@ -835,7 +564,7 @@ take_tree(struct corral_client *c, const Corral__V1__Envelope *rep, struct corra
     if (rc == CORRAL_EPROTO)
         set_error_static(c, "malformed tree in reply");
     else if (rc != CORRAL_OK)
-        fail_local(c, rc);
+        client_fail_local(c, rc);
     return rc;
 }
 
@@ -850,8 +579,8 @@ corral_group_tree(struct corral_client *c, const char *group, struct corral_node
 
     if (c == NULL)
         return CORRAL_EINVAL;
-    if (!nonempty(group) || out == NULL)
-        return fail_local(c, CORRAL_EINVAL);
+    if (!client_nonempty(group) || out == NULL)
+        return client_fail_local(c, CORRAL_EINVAL);
     body.group = (char *)group;
     env.body_case = CORRAL__V1__ENVELOPE__BODY_GET_TREE;
     env.get_tree = &body;
@@ -873,8 +602,8 @@ corral_group_wait(struct corral_client *c, const char *group, int timeout_ms,
 
     if (c == NULL)
         return CORRAL_EINVAL;
-    if (!nonempty(group) || out == NULL)
-        return fail_local(c, CORRAL_EINVAL);
+    if (!client_nonempty(group) || out == NULL)
+        return client_fail_local(c, CORRAL_EINVAL);
     body.group = (char *)group;
     env.body_case = CORRAL__V1__ENVELOPE__BODY_WAIT_GROUP;
     env.wait_group = &body;
@@ -882,165 +611,4 @@ corral_group_wait(struct corral_client *c, const char *group, int timeout_ms,
     if (rc == CORRAL_OK)
         rc = take_tree(c, rep, out);
     return rc;
-}
-
-/* Borrows every argument; *token identifies the reply in corral_submit_collect. */
-int
-corral_submit_async(struct corral_client *c, const char *group, const char *kind,
-                    const void *payload, size_t len, uint64_t *token)
-{
-    int rc;
-    uint64_t id;
-    Corral__V1__Envelope env = CORRAL__V1__ENVELOPE__INIT;
-    Corral__V1__Submit body = CORRAL__V1__SUBMIT__INIT;
-
-    if (c == NULL)
-        return CORRAL_EINVAL;
-    if (!nonempty(group) || !nonempty(kind) || (payload == NULL && len > 0) || token == NULL)
-        return fail_local(c, CORRAL_EINVAL);
-    clear_error(c);
-    /* Room for every reply that may come, so routing a reply never allocates. */
-    if (ring_reserve(&c->results, c->results.count + c->submits.count + 1) != CORRAL_OK)
-        return fail_local(c, CORRAL_ENOMEM);
-    id = ++c->last_id;
-    if (idset_add(&c->submits, id) != CORRAL_OK)
-        return fail_local(c, CORRAL_ENOMEM);
-    fill_submit(&body, group, kind, payload, len);
-    env.body_case = CORRAL__V1__ENVELOPE__BODY_SUBMIT;
-    env.submit = &body;
-    rc = send_request(c, &env, id, deadline_after(c->timeout_ms));
-    if (rc != CORRAL_OK) {
-        idset_remove(&c->submits, id);
-        if (rc == CORRAL_ETIMEDOUT)
-            set_error_lazy(c, ERR_TEXT_SEND_TIMEOUT, c->timeout_ms);
-        else
-            fail_local(c, rc);
-        return rc;
-    }
-    /* Keep replies flowing into memory so the broker never meets a full queue. */
-    if (!quiet(c))
-        drain(c);
-    *token = id;
-    return CORRAL_OK;
-}
-
-/* Copies the next completed pipelined submission into *out (borrowed). */
-int
-corral_submit_collect(struct corral_client *c, int timeout_ms, struct corral_submit_result *out)
-{
-    int rc;
-
-    if (c == NULL)
-        return CORRAL_EINVAL;
-    if (out == NULL)
-        return fail_local(c, CORRAL_EINVAL);
-    clear_error(c);
-    /* Nothing in flight: nothing can arrive, do not wait for it. */
-    if (c->results.count == 0 && c->submits.count == 0)
-        timeout_ms = 0;
-    rc = wait_until(c, WAIT_RESULT, 0, deadline_after(timeout_ms), NULL);
-    if (rc != CORRAL_OK)
-        return fail_local(c, rc);
-    *out = c->results.buf[c->results.head];
-    c->results.head = (c->results.head + 1) % c->results.cap;
-    c->results.count--;
-    return CORRAL_OK;
-}
-
-/* Borrows c. */
-size_t
-corral_submit_pending(const struct corral_client *c)
-{
-    if (c == NULL)
-        return 0;
-    return c->submits.count + c->results.count;
-}
-
-/* The event types a mask may name. */
-#define EVENT_MASK_ALL                                                                             \
-    ((1u << CORRAL_EVENT_JOB_DISPATCHED) | (1u << CORRAL_EVENT_JOB_STARTED) |                      \
-     (1u << CORRAL_EVENT_JOB_ENDED) | (1u << CORRAL_EVENT_GROUP_CANCELLING) |                      \
-     (1u << CORRAL_EVENT_GROUP_ENDED))
-
-/* Borrows group. */
-int
-corral_subscribe(struct corral_client *c, const char *group)
-{
-    return corral_subscribe_events(c, group, 0);
-}
-
-/* Borrows group. A mask with bits of no event type is CORRAL_EINVAL (a type passed where
- * its bit was meant). */
-int
-corral_subscribe_events(struct corral_client *c, const char *group, unsigned mask)
-{
-    int rc;
-    size_t n = 0;
-    uint64_t id;
-    Corral__V1__EventType types[CORRAL_EVENT_GROUP_ENDED];
-    Corral__V1__Envelope env = CORRAL__V1__ENVELOPE__INIT;
-    Corral__V1__Subscribe body = CORRAL__V1__SUBSCRIBE__INIT;
-    struct sub_filter *f = NULL;
-
-    if (c == NULL)
-        return CORRAL_EINVAL;
-    if (!nonempty(group) || strlen(group) >= CORRAL_ID_MAX || (mask & ~EVENT_MASK_ALL) != 0)
-        return fail_local(c, CORRAL_EINVAL);
-    for (int t = CORRAL_EVENT_JOB_DISPATCHED; t <= CORRAL_EVENT_GROUP_ENDED; t++)
-        if (mask & (1u << t))
-            types[n++] = (Corral__V1__EventType)t;
-    id = ++c->last_id;
-    if (mask != 0) {
-        /* In place before the request goes: its first events may come with the reply. */
-        f = malloc(sizeof *f);
-        if (f == NULL)
-            return fail_local(c, CORRAL_ENOMEM);
-        f->request_id = id;
-        f->mask = mask;
-        memcpy(f->group, group, strlen(group) + 1);
-        f->next = c->filters;
-        c->filters = f;
-    }
-    body.group = (char *)group;
-    body.n_types = n;
-    body.types = types;
-    env.body_case = CORRAL__V1__ENVELOPE__BODY_SUBSCRIBE;
-    env.subscribe = &body;
-    rc = call_id(c, &env, id, c->timeout_ms, NULL);
-    /* Refused, or never sent: no events will come. After a timeout (or a reply this
-     * library cannot read) the subscription may stand, and the filter with it. */
-    if (f != NULL && rc != CORRAL_OK && rc != CORRAL_ETIMEDOUT && rc != CORRAL_EPROTO &&
-        rc != CORRAL_EIO) {
-        struct sub_filter **pp = &c->filters;
-
-        while (*pp != f)
-            pp = &(*pp)->next;
-        *pp = f->next;
-        free(f);
-    }
-    return rc;
-}
-
-/* Returns the next event owned in *out. */
-int
-corral_next_event(struct corral_client *c, int timeout_ms, struct corral_event **out)
-{
-    int rc;
-    struct event_item *it;
-
-    if (c == NULL)
-        return CORRAL_EINVAL;
-    if (out == NULL)
-        return fail_local(c, CORRAL_EINVAL);
-    clear_error(c);
-    rc = wait_until(c, WAIT_EVENT, 0, deadline_after(timeout_ms), NULL);
-    if (rc != CORRAL_OK)
-        return fail_local(c, rc);
-    it = c->ev_head;
-    c->ev_head = it->next;
-    if (c->ev_head == NULL)
-        c->ev_tail = NULL;
-    *out = it->ev;
-    free(it);
-    return CORRAL_OK;
 }

@@ -1,5 +1,5 @@
 /* codec.h - internal to libcorral (not installed): protobuf-c messages <-> the library's
- * plain structs, and envelope packing. Only codec.c, client.c and worker_*.c include it;
+ * plain structs, and envelope packing. Only codec.c, client*.c and worker_*.c include it;
  * protobuf-c types never reach corral.h. Pure: no I/O, no clock. */
 #ifndef CORRAL_CODEC_H
 #define CORRAL_CODEC_H
