@@ -43,6 +43,14 @@ struct running_ref {
     uint32_t attempt;
 };
 
+/* Cancel-scope options of an OpenGroup or Submit (proto Scope). */
+struct scope_opts {
+    uint64_t timeout_ms;       /* relative to acceptance; 0: none */
+    uint64_t deadline_unix_ms; /* absolute; 0: none (never both) */
+    enum on_deadline on_deadline;
+    bool shield;
+};
+
 /* A decoded request. Every pointer is borrowed from the decoder and valid only during
  * engine_handle(); strings are NUL-terminated, never NULL (empty when absent). */
 struct cmd {
@@ -52,6 +60,7 @@ struct cmd {
     const char *parent_group; /* OPEN_GROUP */
     const char *parent_job;   /* OPEN_GROUP */
     const char *kind;         /* SUBMIT */
+    struct scope_opts scope;  /* OPEN_GROUP, SUBMIT */
     struct bytes data;        /* SUBMIT payload, DONE result, STARTED value, FAILED details */
     const char *reason;       /* CANCEL_* */
     uint32_t event_mask;      /* SUBSCRIBE: bit (1 << enum event_type) per type; 0: all */
@@ -95,6 +104,10 @@ struct tnode {
     const char *cancel_reason; /* "" when none */
     const char *parent;        /* "" for a root */
     bool closed;
+    uint64_t deadline_ms; /* own deadline, wall-clock ms; 0: none */
+    enum on_deadline on_deadline;
+    bool shield;
+    uint64_t effective_deadline_ms;
     struct tnode *children;
     size_t nchildren;
     struct tnode *groups;
@@ -134,6 +147,7 @@ struct out_msg {
     const char *kind;
     struct bytes payload;
     const char *group;
+    uint64_t effective_deadline_ms; /* DISPATCH; 0: none */
     enum cancel_source source;
     const char *reason;
     /* OUTMSG_EVENT: node is shallow (no children) */

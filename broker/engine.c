@@ -289,9 +289,50 @@ mark_caught(struct engine *e, struct node *n, bool self)
 }
 
 void
+arm_deadline(struct engine *e, struct node *n)
+{
+    if (n->deadline_ms == 0 || n->state == ST_ENDED)
+        return;
+    struct timer t = {n->deadline_ms, n->id, TIMER_DEADLINE, 0};
+    if (!timer_push(&e->timers, &t))
+        engine_oom();
+}
+
+void
+scope_init(struct engine *e, struct node *n, const struct scope_opts *scope)
+{
+    /* D3: a relative deadline starts when the broker accepts the request. */
+    n->deadline_ms = scope->timeout_ms ? e->now + scope->timeout_ms : scope->deadline_unix_ms;
+    n->on_deadline = scope->on_deadline;
+    n->shield = scope->shield;
+    arm_deadline(e, n);
+}
+
+uint64_t
+effective_deadline(const struct node *n)
+{
+    uint64_t best = 0;
+    for (const struct node *m = n; m; m = m->parent) {
+        if (m->deadline_ms && (best == 0 || m->deadline_ms < best))
+            best = m->deadline_ms;
+        if (m->shield)
+            break;
+    }
+    return best;
+}
+
+/* True when a cancel with this source comes from an enclosing scope, which a shield
+ * stops (S7); a cancel aimed at the node itself or its own deadline goes through. */
+static bool
+from_above(enum cancel_source src)
+{
+    return src == SRC_PARENT || src == SRC_SIBLING_FAILED;
+}
+
+void
 cancel_node(struct engine *e, struct node *n, enum cancel_source src, const char *reason)
 {
-    if (n->state == ST_ENDED || n->cancel_called)
+    if (n->state == ST_ENDED || n->cancel_called || (n->shield && from_above(src)))
         return;
     n->cancel_called = true;
     n->cancel_source = src;
@@ -340,6 +381,21 @@ child_ended(struct engine *e, struct group *g, struct node *child)
 void
 job_end(struct engine *e, struct job *j, enum outcome o)
 {
+    if (o == OUT_CANCELLED && j->n.cancel_source == SRC_DEADLINE) {
+        /* S6: the job's own deadline stopped it. fail_after raises TimeoutError (a real
+         * failure, so its group fails fast); move_on_after ends normally, having caught
+         * its cancellation. */
+        if (j->n.on_deadline == ON_DEADLINE_FAIL) {
+            o = OUT_FAILED;
+            free(j->err_type);
+            free(j->err_message);
+            j->err_type = estrdup(TIMEOUT_ERROR);
+            j->err_message = estrdup(DEADLINE_EXCEEDED);
+        } else {
+            o = OUT_SUCCEEDED;
+            j->n.cancelled_caught = true;
+        }
+    }
     if (j->n.state == ST_QUEUED)
         kind_dequeue(e, j);
     if (j->worker)
@@ -427,7 +483,18 @@ job_error_group(const struct job *j)
 static void
 group_end(struct engine *e, struct group *g)
 {
-    enum outcome o = g->nfailures ? OUT_FAILED : g->n.cancel_called ? OUT_CANCELLED : OUT_SUCCEEDED;
+    /* S6: a child that failed for real wins; else the group's own deadline decides (a
+     * bare TimeoutError for fail_after, success for move_on_after); else a cancel. */
+    bool timed_out = g->n.cancel_source == SRC_DEADLINE;
+    enum outcome o;
+    if (g->nfailures)
+        o = OUT_FAILED;
+    else if (timed_out)
+        o = g->n.on_deadline == ON_DEADLINE_FAIL ? OUT_FAILED : OUT_SUCCEEDED;
+    else
+        o = g->n.cancel_called ? OUT_CANCELLED : OUT_SUCCEEDED;
+    if (timed_out && o == OUT_SUCCEEDED)
+        g->n.cancelled_caught = true;
     node_set_state(e, &g->n, ST_ENDED);
     g->n.outcome = o;
     g->n.ended_ms = e->now;
@@ -527,7 +594,8 @@ on_open_group(struct engine *e, const struct peer *from, const struct cmd *c)
         eappend((void ***)&pj->groups, &pj->ngroups, &pj->capgroups, g);
     }
     node_set_state(e, &g->n, ST_OPEN);
-    bool cancelled = parent && parent->cancel_called;
+    scope_init(e, &g->n, &c->scope);
+    bool cancelled = parent && parent->cancel_called && !g->n.shield;
     if (cancelled) {
         /* Level-triggered (S5): a scope opened inside a cancelled one starts cancelled. */
         enum cancel_source src = SRC_PARENT;
@@ -582,7 +650,8 @@ on_submit(struct engine *e, const struct peer *from, const struct cmd *c)
     eappend((void ***)&g->children, &g->nchildren, &g->capchildren, j);
     g->unended++;
     e->stats.jobs_submitted++;
-    bool cancelled = g->n.cancel_called;
+    scope_init(e, &j->n, &c->scope);
+    bool cancelled = g->n.cancel_called && !j->n.shield;
     if (cancelled) {
         /* D1 / S5: recorded, ended CANCELLED, never queued nor dispatched. A job is
          * QUEUED exactly while it is in its kind's queue, so it goes straight to ENDED. */

@@ -27,6 +27,9 @@ struct node {
     uint64_t failed_seq; /* position in the parent's exception group; 0: not in it */
     uint64_t created_ms;
     uint64_t ended_ms;
+    uint64_t deadline_ms; /* own deadline, wall-clock ms; 0: none (S6) */
+    enum on_deadline on_deadline;
+    bool shield;    /* cancellation from above does not reach it (S7) */
     bool dirty;     /* changed since the last flush */
     bool persisted; /* a row exists in the store */
 };
@@ -114,6 +117,7 @@ struct idmap {
 enum timer_kind {
     TIMER_CANCEL_RESEND = 1, /* id: job id, gen: attempt */
     TIMER_RECLAIM_END = 2,   /* end of the reconnect window after a restart */
+    TIMER_DEADLINE = 3,      /* id: group or job id whose own deadline passes */
 };
 
 /* A restored node and where it hangs, kept until engine_restore_finish links it. */
@@ -175,6 +179,9 @@ void node_set_state(struct engine *e, struct node *n, enum node_state to);
 void mark_dirty(struct engine *e, struct node *n);
 /* The type of an exception group's error. */
 #define EXCEPTION_GROUP "ExceptionGroup"
+/* The error of a scope whose fail_after deadline passed (S6), and the cancel reason. */
+#define TIMEOUT_ERROR     "TimeoutError"
+#define DEADLINE_EXCEEDED "deadline exceeded"
 
 /* A job reached its outcome: records it, releases its worker slot, tells its group. */
 void job_end(struct engine *e, struct job *j, enum outcome o);
@@ -189,6 +196,14 @@ struct group *job_error_group(const struct job *j);
 void cancel_node(struct engine *e, struct node *n, enum cancel_source src, const char *reason);
 /* Re-checks whether a group can end now. */
 void group_maybe_end(struct engine *e, struct group *g);
+
+/* Gives a new node its cancel scope (deadline from now, or absolute; shield) and arms
+ * its deadline timer. */
+void scope_init(struct engine *e, struct node *n, const struct scope_opts *scope);
+/* Arms the timer of n's own deadline (after creation or recovery). */
+void arm_deadline(struct engine *e, struct node *n);
+/* The earliest deadline of n and its enclosing scopes up to the nearest shield; 0: none. */
+uint64_t effective_deadline(const struct node *n);
 
 /* ---- scheduling (engine_sched.c) */
 void kind_enqueue(struct engine *e, struct job *j);

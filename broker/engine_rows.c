@@ -36,6 +36,9 @@ engine_flush(struct engine *e, struct outbox *out)
                 .failed_seq = n->failed_seq,
                 .created_ms = n->created_ms,
                 .ended_ms = n->ended_ms,
+                .deadline_ms = n->deadline_ms,
+                .on_deadline = n->on_deadline,
+                .shield = n->shield,
                 .is_new = !n->persisted,
             };
             ok = outbox_job_row(out, &r);
@@ -57,6 +60,9 @@ engine_flush(struct engine *e, struct outbox *out)
                 .failed_seq = n->failed_seq,
                 .created_ms = n->created_ms,
                 .ended_ms = n->ended_ms,
+                .deadline_ms = n->deadline_ms,
+                .on_deadline = n->on_deadline,
+                .shield = n->shield,
                 .is_new = !n->persisted,
             };
             ok = outbox_group_row(out, &r);
@@ -91,6 +97,18 @@ restore_common(struct engine *e, struct node *n, enum node_type type, uint64_t i
     n->persisted = true;
 }
 
+/* Restores a node's cancel scope. Its deadline timer is armed even if the time has
+ * passed: a deadline that expired while corrald was down fires on the first tick. */
+static void
+restore_scope(struct engine *e, struct node *n, uint64_t deadline_ms, enum on_deadline on,
+              bool shield)
+{
+    n->deadline_ms = deadline_ms;
+    n->on_deadline = on;
+    n->shield = shield;
+    arm_deadline(e, n);
+}
+
 /* Remembers where a restored node hangs until engine_restore_finish links it. */
 static void
 park(struct engine *e, struct node *n, enum parent_type type, uint64_t parent_id)
@@ -112,6 +130,7 @@ engine_restore_group(struct engine *e, const struct group_row *r)
                    r->cancelled_caught, r->cancel_source, r->cancel_reason, r->failed_seq,
                    r->created_ms, r->ended_ms);
     g->closed = r->closed;
+    restore_scope(e, &g->n, r->deadline_ms, r->on_deadline, r->shield);
     park(e, &g->n, r->parent_type, r->parent_id);
     return CORRAL_OK;
 }
@@ -135,6 +154,7 @@ engine_restore_job(struct engine *e, const struct job_row *r)
     j->err_message = r->err_message ? estrdup(r->err_message) : NULL;
     j->err_details = ememdup(r->err_details.data, r->err_details.len);
     j->err_details_len = r->err_details.len;
+    restore_scope(e, &j->n, r->deadline_ms, r->on_deadline, r->shield);
     park(e, &j->n, PARENT_GROUP, r->group_id);
     return CORRAL_OK;
 }

@@ -389,6 +389,7 @@ dispatch(struct engine *e, struct worker *w, struct job *j)
     m->kind = j->kind->name;
     m->payload = (struct bytes){j->payload, j->payload_len};
     m->group = j->n.parent->idstr;
+    m->effective_deadline_ms = effective_deadline(&j->n);
     emit_event(e, &j->n, EV_JOB_DISPATCHED);
 }
 
@@ -418,6 +419,13 @@ dispatch_all(struct engine *e)
 static void
 fire(struct engine *e, const struct timer *t)
 {
+    if (t->kind == TIMER_DEADLINE) {
+        /* S6: a scope already cancelled keeps its first cancel (level-triggered). */
+        struct node *n = engine_node(e, t->id);
+        if (n && n->state != ST_ENDED && !n->cancel_called)
+            cancel_node(e, n, SRC_DEADLINE, DEADLINE_EXCEEDED);
+        return;
+    }
     if (t->kind == TIMER_CANCEL_RESEND) {
         struct job *j = as_job(engine_node(e, t->id));
         if (j && j->n.state == ST_CANCELLING && j->attempt == t->gen)

@@ -44,6 +44,15 @@ fill_error(struct engine *e, struct node *n, struct terr *err)
 {
     struct job *j = as_job(n);
     struct group *eg = j ? job_error_group(j) : as_group(n);
+    if (eg && j == NULL && eg->nfailures == 0) {
+        /* S6: a fail_after group whose deadline passed with no real failure: a bare
+         * TimeoutError, not an exception group. */
+        err->type = TIMEOUT_ERROR;
+        err->message = DEADLINE_EXCEEDED;
+        err->job = "";
+        err->group = n->idstr;
+        return;
+    }
     if (eg) {
         fill_group_error(e, eg, err);
         return;
@@ -68,6 +77,10 @@ fill_node(struct engine *e, struct node *n, struct tnode *t, bool deep)
     t->cancel_reason = n->cancel_reason ? n->cancel_reason : "";
     t->parent = n->parent ? n->parent->idstr : "";
     t->kind = "";
+    t->deadline_ms = n->deadline_ms;
+    t->on_deadline = n->on_deadline;
+    t->shield = n->shield;
+    t->effective_deadline_ms = effective_deadline(n);
     if (n->outcome == OUT_FAILED) {
         t->error = turn_alloc(e, sizeof(*t->error));
         fill_error(e, n, t->error);

@@ -35,6 +35,9 @@ enum cancel_source {
     SRC_PARENT = 4,
 };
 
+/* What a scope does when its deadline passes (AnyIO's fail_after / move_on_after). */
+enum on_deadline { ON_DEADLINE_FAIL = 0, ON_DEADLINE_MOVE_ON = 1 };
+
 /* Where a group hangs: nowhere (a root), under a group, or under a job that opened it. */
 enum parent_type { PARENT_NONE = 0, PARENT_GROUP = 1, PARENT_JOB = 2 };
 
@@ -61,6 +64,9 @@ struct group_row {
     uint64_t failed_seq;
     uint64_t created_ms;
     uint64_t ended_ms;
+    uint64_t deadline_ms; /* absolute, wall-clock ms; 0: none. Immutable, like the next two */
+    enum on_deadline on_deadline;
+    bool shield;
     bool is_new; /* true: not yet in the store (INSERT); false: UPDATE */
 };
 
@@ -85,6 +91,9 @@ struct job_row {
     uint64_t failed_seq;
     uint64_t created_ms;
     uint64_t ended_ms;
+    uint64_t deadline_ms;
+    enum on_deadline on_deadline;
+    bool shield;
     bool is_new;
 };
 

@@ -64,6 +64,14 @@ static const char *const MIGRATIONS[] = {
     /* No index on jobs(group_id): the engine holds the whole tree in memory and never
      * asks SQLite for a group's jobs, and every index costs each insert a second B-tree
      * write. */
+    /* 2: cancel scopes (S6, S7): a deadline (absolute, wall-clock ms; 0: none), what it
+     * does when it passes (0 fail, 1 move on) and a shield, on groups and jobs. */
+    "ALTER TABLE groups ADD COLUMN deadline_ms INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE groups ADD COLUMN on_deadline INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE groups ADD COLUMN shield INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE jobs ADD COLUMN deadline_ms INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE jobs ADD COLUMN on_deadline INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE jobs ADD COLUMN shield INTEGER NOT NULL DEFAULT 0;",
 };
 
 #define STORE_SCHEMA_LATEST ((int)(sizeof MIGRATIONS / sizeof MIGRATIONS[0]))
@@ -85,12 +93,16 @@ enum group_col {
     GC_PARENT_TYPE,
     GC_PARENT_ID,
     GC_CREATED_MS,
+    GC_DEADLINE_MS,
+    GC_ON_DEADLINE,
+    GC_SHIELD,
 };
 
 #define GROUP_MUTABLE                                                                              \
     "state, outcome, closed, cancel_called, cancelled_caught, cancel_source, "                     \
     "cancel_reason, failed_seq, ended_ms"
-#define GROUP_COLUMNS GROUP_MUTABLE ", id, parent_type, parent_id, created_ms"
+#define GROUP_COLUMNS                                                                              \
+    GROUP_MUTABLE ", id, parent_type, parent_id, created_ms, deadline_ms, on_deadline, shield"
 
 /* Columns of jobs, same convention as enum group_col. */
 enum job_col {
@@ -112,13 +124,17 @@ enum job_col {
     JC_KIND,
     JC_PAYLOAD,
     JC_CREATED_MS,
+    JC_DEADLINE_MS,
+    JC_ON_DEADLINE,
+    JC_SHIELD,
 };
 
 #define JOB_MUTABLE                                                                                \
     "state, outcome, attempt, result, err_type, err_message, err_details, "                        \
     "cancel_called, cancelled_caught, cancel_source, cancel_reason, "                              \
     "failed_seq, ended_ms"
-#define JOB_COLUMNS JOB_MUTABLE ", id, group_id, kind, payload, created_ms"
+#define JOB_COLUMNS                                                                                \
+    JOB_MUTABLE ", id, group_id, kind, payload, created_ms, deadline_ms, on_deadline, shield"
 
 /* The prepared statements, by purpose. */
 enum stmt_id {
@@ -139,14 +155,15 @@ static const char *const STMT_SQL[STMT_COUNT] = {
     [STMT_COMMIT] = "COMMIT",
     [STMT_ROLLBACK] = "ROLLBACK",
     [STMT_GROUP_INSERT] = "INSERT INTO groups (" GROUP_COLUMNS ") VALUES "
-                          "(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                          "(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, "
+                          "?16)",
     [STMT_GROUP_UPDATE] = "UPDATE groups SET state = ?1, outcome = ?2, closed = ?3, "
                           "cancel_called = ?4, cancelled_caught = ?5, cancel_source = ?6, "
                           "cancel_reason = ?7, failed_seq = ?8, ended_ms = ?9 WHERE id = ?10",
     [STMT_GROUP_LOAD] = "SELECT " GROUP_COLUMNS " FROM groups ORDER BY id",
     [STMT_JOB_INSERT] = "INSERT INTO jobs (" JOB_COLUMNS ") VALUES "
                         "(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, "
-                        "?16, ?17, ?18)",
+                        "?16, ?17, ?18, ?19, ?20, ?21)",
     [STMT_JOB_UPDATE] = "UPDATE jobs SET state = ?1, outcome = ?2, attempt = ?3, result = ?4, "
                         "err_type = ?5, err_message = ?6, err_details = ?7, "
                         "cancel_called = ?8, cancelled_caught = ?9, cancel_source = ?10, "
@@ -547,6 +564,9 @@ store_put_group(struct store *s, const struct group_row *row)
         bind_int(st, GC_PARENT_TYPE, row->parent_type, &rc);
         bind_u64(st, GC_PARENT_ID, row->parent_id, &rc);
         bind_u64(st, GC_CREATED_MS, row->created_ms, &rc);
+        bind_u64(st, GC_DEADLINE_MS, row->deadline_ms, &rc);
+        bind_int(st, GC_ON_DEADLINE, row->on_deadline, &rc);
+        bind_int(st, GC_SHIELD, row->shield, &rc);
     }
     if (rc != SQLITE_OK) {
         set_err(s, "store: %s %" PRIu64 ": bind: %s", what, row->id, sqlite3_errstr(rc));
@@ -593,6 +613,9 @@ store_put_job(struct store *s, const struct job_row *row)
         bind_text(st, JC_KIND, row->kind, &rc);
         bind_bytes(st, JC_PAYLOAD, row->payload, &rc);
         bind_u64(st, JC_CREATED_MS, row->created_ms, &rc);
+        bind_u64(st, JC_DEADLINE_MS, row->deadline_ms, &rc);
+        bind_int(st, JC_ON_DEADLINE, row->on_deadline, &rc);
+        bind_int(st, JC_SHIELD, row->shield, &rc);
     }
     if (rc != SQLITE_OK) {
         set_err(s, "store: %s %" PRIu64 ": bind: %s", what, row->id, sqlite3_errstr(rc));
@@ -667,6 +690,9 @@ read_group(sqlite3_stmt *st, struct group_row *row)
         .failed_seq = col_u64(st, GC_FAILED_SEQ),
         .created_ms = col_u64(st, GC_CREATED_MS),
         .ended_ms = col_u64(st, GC_ENDED_MS),
+        .deadline_ms = col_u64(st, GC_DEADLINE_MS),
+        .on_deadline = (enum on_deadline)sqlite3_column_int(st, GC_ON_DEADLINE),
+        .shield = sqlite3_column_int(st, GC_SHIELD) != 0,
         .is_new = false,
     };
     return !bad;
@@ -698,6 +724,9 @@ read_job(sqlite3_stmt *st, struct job_row *row)
         .failed_seq = col_u64(st, JC_FAILED_SEQ),
         .created_ms = col_u64(st, JC_CREATED_MS),
         .ended_ms = col_u64(st, JC_ENDED_MS),
+        .deadline_ms = col_u64(st, JC_DEADLINE_MS),
+        .on_deadline = (enum on_deadline)sqlite3_column_int(st, JC_ON_DEADLINE),
+        .shield = sqlite3_column_int(st, JC_SHIELD) != 0,
         .is_new = false,
     };
     return !bad;

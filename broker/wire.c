@@ -16,6 +16,9 @@
  * it here, once, so that a renumbering on either side breaks the build. */
 _Static_assert((int)NODE_GROUP == CORRAL__V1__NODE_TYPE__NODE_GROUP, "node type");
 _Static_assert((int)NODE_JOB == CORRAL__V1__NODE_TYPE__NODE_JOB, "node type");
+_Static_assert((int)ON_DEADLINE_FAIL == CORRAL__V1__ON_DEADLINE__ON_DEADLINE_FAIL, "on_deadline");
+_Static_assert((int)ON_DEADLINE_MOVE_ON == CORRAL__V1__ON_DEADLINE__ON_DEADLINE_MOVE_ON,
+               "on_deadline");
 _Static_assert((int)ST_NONE == CORRAL__V1__STATE__STATE_UNSPECIFIED, "state");
 _Static_assert((int)ST_QUEUED == CORRAL__V1__STATE__STATE_QUEUED, "state");
 _Static_assert((int)ST_RUNNING == CORRAL__V1__STATE__STATE_RUNNING, "state");
@@ -85,6 +88,30 @@ bytes_of(ProtobufCBinaryData b)
 
 /* Fills c from a client request body. Returns 0 or CORRAL_EBADREQUEST with *errmsg set
  * (static) when a required field is missing. */
+
+/* Reads an optional Scope into *out. Returns 0, or CORRAL_EBADREQUEST with *errmsg. */
+static int
+decode_scope(const Corral__V1__Scope *sc, struct scope_opts *out, const char **errmsg)
+{
+    *out = (struct scope_opts){0};
+    if (sc == NULL)
+        return 0;
+    if (sc->timeout_ms != 0 && sc->deadline_unix_ms != 0) {
+        *errmsg = "scope: set at most one of timeout_ms and deadline_unix_ms";
+        return CORRAL_EBADREQUEST;
+    }
+    if (sc->on_deadline != CORRAL__V1__ON_DEADLINE__ON_DEADLINE_FAIL &&
+        sc->on_deadline != CORRAL__V1__ON_DEADLINE__ON_DEADLINE_MOVE_ON) {
+        *errmsg = "scope: unknown on_deadline";
+        return CORRAL_EBADREQUEST;
+    }
+    out->timeout_ms = sc->timeout_ms;
+    out->deadline_unix_ms = sc->deadline_unix_ms;
+    out->on_deadline = (enum on_deadline)sc->on_deadline;
+    out->shield = sc->shield != 0;
+    return 0;
+}
+
 static int
 decode_client(const Corral__V1__Envelope *env, struct cmd *c, const char **errmsg)
 {
@@ -98,7 +125,7 @@ decode_client(const Corral__V1__Envelope *env, struct cmd *c, const char **errms
             *errmsg = "open_group: set at most one of parent_group and parent_job";
             return CORRAL_EBADREQUEST;
         }
-        return 0;
+        return decode_scope(b->scope, &c->scope, errmsg);
     }
     case CORRAL__V1__ENVELOPE__BODY_SUBMIT: {
         const Corral__V1__Submit *b = env->submit;
@@ -114,7 +141,7 @@ decode_client(const Corral__V1__Envelope *env, struct cmd *c, const char **errms
         c->id = b->group;
         c->kind = b->kind;
         c->data = bytes_of(b->payload);
-        return 0;
+        return decode_scope(b->scope, &c->scope, errmsg);
     }
     case CORRAL__V1__ENVELOPE__BODY_CLOSE_GROUP:
         c->type = CMD_CLOSE_GROUP;
@@ -612,6 +639,11 @@ build_node(struct arena *a, const struct tnode *n, bool deep)
     pn->cancel_reason = pbstr(n->cancel_reason);
     pn->parent = pbstr(n->parent);
     pn->closed = n->closed;
+    pn->deadline_unix_ms = n->deadline_ms;
+    /* model.h's on_deadline carries the proto's numbers. */
+    pn->on_deadline = (Corral__V1__OnDeadline)n->on_deadline;
+    pn->shield = n->shield;
+    pn->effective_deadline_unix_ms = n->effective_deadline_ms;
     if (deep) {
         if (!build_node_list(a, n->children, n->nchildren, &pn->children, &pn->n_children))
             return NULL;
@@ -738,6 +770,7 @@ wire_encode(struct wire_encoder *w, const struct out_msg *m, const uint8_t **out
         dispatch.kind = pbstr(m->kind);
         dispatch.payload = pbbytes(m->payload);
         dispatch.group = pbstr(m->group);
+        dispatch.effective_deadline_unix_ms = m->effective_deadline_ms;
         break;
     case OUTMSG_CANCEL:
         env.body_case = CORRAL__V1__ENVELOPE__BODY_CANCEL;

@@ -667,3 +667,172 @@ Test(engine, s5_submit_into_cancelled_group_leaves_the_queue_alone)
     ready(&W1, "k", 4);
     cr_assert_not_null(find_msg(OUTMSG_DISPATCH, waiting), "the other group's job still runs");
 }
+
+/* ------------------------------------------------------------------ S6, S7 */
+
+static const char *
+open_scoped(const char *parent, struct scope_opts scope)
+{
+    struct out_msg *r =
+        req(&CLIENT, (struct cmd){.type = CMD_OPEN_GROUP, .parent_group = parent, .scope = scope});
+    cr_assert(r && r->code == 0);
+    return keep(r->id);
+}
+
+static const char *
+submit_scoped(const char *group, const char *kind, struct scope_opts scope)
+{
+    struct out_msg *r =
+        req(&CLIENT, (struct cmd){.type = CMD_SUBMIT, .id = group, .kind = kind, .scope = scope});
+    cr_assert(r && r->code == 0);
+    return keep(r->id);
+}
+
+static void
+advance(uint64_t ms)
+{
+    new_turn();
+    NOW += ms;
+    engine_tick(E, NOW, &OB);
+}
+
+Test(engine, s6_group_fail_after_is_a_bare_timeout_error_and_never_early)
+{
+    ready(&W1, "k", 4);
+    const char *g = open_scoped(NULL, (struct scope_opts){.timeout_ms = 100});
+    const char *j = submit(g, "k");
+    advance(99);
+    cr_assert_null(find_msg(OUTMSG_CANCEL, j), "no deadline fires early");
+    advance(1);
+    const struct out_msg *c = find_msg(OUTMSG_CANCEL, j);
+    cr_assert_not_null(c);
+    cr_assert_eq(c->source, SRC_PARENT);
+    cr_assert_eq(report(&W1, CMD_CANCEL_ACK, j, 1, NULL), 0);
+    struct tnode *t = tree(g);
+    cr_assert_eq(t->outcome, OUT_FAILED);
+    cr_assert_eq(t->cancel_source, SRC_DEADLINE);
+    cr_assert_str_eq(t->error->type, "TimeoutError", "bare, not an exception group");
+    cr_assert_eq(t->error->nexceptions, 0);
+    cr_assert(t->cancelled_caught);
+}
+
+Test(engine, s6_group_fail_after_with_real_failure_is_an_exception_group)
+{
+    ready(&W1, "k", 4);
+    const char *g = open_scoped(NULL, (struct scope_opts){.timeout_ms = 100});
+    const char *j = submit(g, "k");
+    advance(100);
+    cr_assert_eq(report(&W1, CMD_FAILED, j, 1, "cleanup broke"), 0);
+    struct tnode *t = tree(g);
+    cr_assert_eq(t->outcome, OUT_FAILED);
+    cr_assert_str_eq(t->error->type, "ExceptionGroup");
+    cr_assert_str_eq(t->error->exceptions[0].message, "cleanup broke");
+}
+
+Test(engine, s6_group_move_on_keeps_finished_results)
+{
+    ready(&W1, "k", 4);
+    const char *g = open_scoped(
+        NULL, (struct scope_opts){.timeout_ms = 100, .on_deadline = ON_DEADLINE_MOVE_ON});
+    const char *done = submit(g, "k");
+    const char *slow = submit(g, "k");
+    cr_assert_eq(report(&W1, CMD_DONE, done, 1, "kept"), 0);
+    advance(100);
+    cr_assert_eq(report(&W1, CMD_CANCEL_ACK, slow, 1, NULL), 0);
+    struct tnode *t = tree(g);
+    cr_assert_eq(t->outcome, OUT_SUCCEEDED);
+    cr_assert(t->cancelled_caught);
+    cr_assert_eq(child(t, done)->outcome, OUT_SUCCEEDED);
+    cr_assert_eq(child(t, slow)->outcome, OUT_CANCELLED);
+}
+
+Test(engine, s6_job_fail_after_fails_its_group_fast)
+{
+    ready(&W1, "k", 4);
+    const char *g = open_group(NULL);
+    const char *other = submit(g, "k");
+    const char *timed = submit_scoped(g, "k", (struct scope_opts){.timeout_ms = 50});
+    advance(50);
+    const struct out_msg *c = find_msg(OUTMSG_CANCEL, timed);
+    cr_assert_not_null(c);
+    cr_assert_eq(c->source, SRC_DEADLINE);
+    cr_assert_eq(report(&W1, CMD_CANCEL_ACK, timed, 1, NULL), 0);
+    cr_assert_not_null(find_msg(OUTMSG_CANCEL, other), "a TimeoutError is a real failure");
+    cr_assert_eq(report(&W1, CMD_CANCEL_ACK, other, 1, NULL), 0);
+    struct tnode *t = tree(g);
+    cr_assert_eq(t->outcome, OUT_FAILED);
+    cr_assert_str_eq(t->error->exceptions[0].type, "TimeoutError");
+    cr_assert_str_eq(t->error->exceptions[0].job, timed);
+}
+
+Test(engine, s6_job_move_on_ends_succeeded_and_effective_deadline_is_dispatched)
+{
+    const char *g = open_scoped(NULL, (struct scope_opts){.timeout_ms = 500});
+    const char *j = submit_scoped(
+        g, "k", (struct scope_opts){.timeout_ms = 100, .on_deadline = ON_DEADLINE_MOVE_ON});
+    const char *later = submit_scoped(g, "k", (struct scope_opts){.timeout_ms = 900});
+    const char *shielded =
+        submit_scoped(g, "k", (struct scope_opts){.timeout_ms = 900, .shield = true});
+    uint64_t t0 = NOW;
+    ready(&W1, "k", 4);
+    cr_assert_eq(find_msg(OUTMSG_DISPATCH, j)->effective_deadline_ms, t0 + 100);
+    cr_assert_eq(find_msg(OUTMSG_DISPATCH, later)->effective_deadline_ms, t0 + 500,
+                 "the enclosing group's earlier deadline");
+    cr_assert_eq(find_msg(OUTMSG_DISPATCH, shielded)->effective_deadline_ms, t0 + 900,
+                 "a shield stops the walk up");
+    advance(100);
+    cr_assert_eq(report(&W1, CMD_CANCEL_ACK, j, 1, NULL), 0);
+    const struct tnode *n = child(tree(g), j);
+    cr_assert_eq(n->outcome, OUT_SUCCEEDED);
+    cr_assert(n->cancelled_caught);
+}
+
+Test(engine, s7_shielded_job_in_cancelled_group_runs_to_completion)
+{
+    ready(&W1, "k", 4);
+    const char *g = open_group(NULL);
+    const char *plain = submit(g, "k");
+    const char *shielded = submit_scoped(g, "k", (struct scope_opts){.shield = true});
+    cr_assert_eq(simple(CMD_CANCEL_GROUP, g, "stop"), 0);
+    cr_assert_not_null(find_msg(OUTMSG_CANCEL, plain));
+    cr_assert_null(find_msg(OUTMSG_CANCEL, shielded), "cancellation from above stops");
+    bool cancelled = true;
+    const char *late = submit_full(g, "k", &cancelled);
+    cr_assert(cancelled);
+    cr_assert_eq(report(&W1, CMD_CANCEL_ACK, plain, 1, NULL), 0);
+    cr_assert_neq(tree(g)->state, ST_ENDED, "the parent waits for the shielded job");
+    cr_assert_eq(report(&W1, CMD_DONE, shielded, 1, "flushed"), 0);
+    struct tnode *t = tree(g);
+    cr_assert_eq(t->outcome, OUT_CANCELLED);
+    cr_assert_eq(child(t, shielded)->outcome, OUT_SUCCEEDED);
+    cr_assert_not(child(t, shielded)->cancel_called);
+    cr_assert_eq(child(t, late)->outcome, OUT_CANCELLED);
+    /* a cancel aimed at a shielded job still applies */
+    const char *g2 = open_group(NULL);
+    const char *s2 = submit_scoped(g2, "k", (struct scope_opts){.shield = true});
+    cr_assert_eq(simple(CMD_CANCEL_JOB, s2, "direct"), 0);
+    cr_assert_not_null(find_msg(OUTMSG_CANCEL, s2));
+}
+
+Test(engine, s7_shielded_group_own_deadline_still_applies)
+{
+    ready(&W1, "k", 4);
+    const char *outer = open_group(NULL);
+    const char *inner = open_scoped(outer, (struct scope_opts){.timeout_ms = 200, .shield = true});
+    const char *j = submit(inner, "k");
+    cr_assert_eq(simple(CMD_CANCEL_GROUP, outer, NULL), 0);
+    cr_assert_null(find_msg(OUTMSG_CANCEL, j));
+    advance(200);
+    cr_assert_not_null(find_msg(OUTMSG_CANCEL, j), "its own deadline cancels it");
+}
+
+Test(engine, s6_deadline_survives_restart_and_fires_if_passed)
+{
+    struct group_row gr = {.id = 1, .state = ST_OPEN, .deadline_ms = NOW - 10};
+    cr_assert_eq(engine_restore_group(E, &gr), 0);
+    cr_assert_eq(engine_restore_finish(E, NOW, &OB), 0);
+    advance(0);
+    struct tnode *t = tree("g1");
+    cr_assert_eq(t->outcome, OUT_FAILED, "a deadline that passed while down fires at start");
+    cr_assert_str_eq(t->error->type, "TimeoutError");
+}
