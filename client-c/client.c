@@ -438,22 +438,64 @@ corral_client_last_error(const struct corral_client *c)
     return "";
 }
 
+/* Whether scope (borrowed; NULL: none) is valid: at most one of the two deadlines, and a
+ * known on_deadline. */
+static bool
+scope_valid(const struct corral_scope *scope)
+{
+    if (scope == NULL)
+        return true;
+    if (scope->timeout_ms != 0 && scope->deadline_unix_ms != 0)
+        return false;
+    return scope->on_deadline == CORRAL_ON_DEADLINE_FAIL ||
+           scope->on_deadline == CORRAL_ON_DEADLINE_MOVE_ON;
+}
+
+/* Fills pb from scope (both borrowed; scope valid). Returns pb, or NULL when scope is NULL
+ * or all zero: then no Scope is sent, and the request is the one a plain call sends. */
+static Corral__V1__Scope *
+fill_scope(Corral__V1__Scope *pb, const struct corral_scope *scope)
+{
+    if (scope == NULL || (scope->timeout_ms == 0 && scope->deadline_unix_ms == 0 &&
+                          scope->on_deadline == CORRAL_ON_DEADLINE_FAIL && !scope->shield))
+        return NULL;
+    pb->timeout_ms = scope->timeout_ms;
+    pb->deadline_unix_ms = scope->deadline_unix_ms;
+    pb->on_deadline = scope->on_deadline == CORRAL_ON_DEADLINE_MOVE_ON
+                          ? CORRAL__V1__ON_DEADLINE__ON_DEADLINE_MOVE_ON
+                          : CORRAL__V1__ON_DEADLINE__ON_DEADLINE_FAIL;
+    pb->shield = scope->shield;
+    return pb;
+}
+
 /* Borrows every argument; writes the new id into id_out. */
 int
 corral_group_open(struct corral_client *c, const char *parent_group, const char *parent_job,
                   char id_out[CORRAL_ID_MAX], bool *cancelled)
 {
+    return corral_group_open_scoped(c, parent_group, parent_job, NULL, id_out, cancelled);
+}
+
+/* Borrows every argument; writes the new id into id_out. */
+int
+corral_group_open_scoped(struct corral_client *c, const char *parent_group, const char *parent_job,
+                         const struct corral_scope *scope, char id_out[CORRAL_ID_MAX],
+                         bool *cancelled)
+{
     int rc;
     Corral__V1__Envelope env = CORRAL__V1__ENVELOPE__INIT;
     Corral__V1__OpenGroup body = CORRAL__V1__OPEN_GROUP__INIT;
+    Corral__V1__Scope pb_scope = CORRAL__V1__SCOPE__INIT;
     const Corral__V1__Envelope *rep = NULL;
 
     if (c == NULL)
         return CORRAL_EINVAL;
-    if (id_out == NULL || (client_nonempty(parent_group) && client_nonempty(parent_job)))
+    if (id_out == NULL || (client_nonempty(parent_group) && client_nonempty(parent_job)) ||
+        !scope_valid(scope))
         return client_fail_local(c, CORRAL_EINVAL);
     body.parent_group = pb_str(parent_group);
     body.parent_job = pb_str(parent_job);
+    body.scope = fill_scope(&pb_scope, scope);
     env.body_case = CORRAL__V1__ENVELOPE__BODY_OPEN_GROUP;
     env.open_group = &body;
     rc = call(c, &env, c->timeout_ms, &rep);
@@ -478,17 +520,28 @@ int
 corral_submit(struct corral_client *c, const char *group, const char *kind, const void *payload,
               size_t len, char id_out[CORRAL_ID_MAX], bool *cancelled)
 {
+    return corral_submit_scoped(c, group, kind, payload, len, NULL, id_out, cancelled);
+}
+
+/* Borrows every argument; writes the job's id into id_out. */
+int
+corral_submit_scoped(struct corral_client *c, const char *group, const char *kind,
+                     const void *payload, size_t len, const struct corral_scope *scope,
+                     char id_out[CORRAL_ID_MAX], bool *cancelled)
+{
     int rc;
     Corral__V1__Envelope env = CORRAL__V1__ENVELOPE__INIT;
     Corral__V1__Submit body = CORRAL__V1__SUBMIT__INIT;
+    Corral__V1__Scope pb_scope = CORRAL__V1__SCOPE__INIT;
     const Corral__V1__Envelope *rep = NULL;
 
     if (c == NULL)
         return CORRAL_EINVAL;
     if (!client_nonempty(group) || !client_nonempty(kind) || (payload == NULL && len > 0) ||
-        id_out == NULL)
+        id_out == NULL || !scope_valid(scope))
         return client_fail_local(c, CORRAL_EINVAL);
     client_fill_submit(&body, group, kind, payload, len);
+    body.scope = fill_scope(&pb_scope, scope);
     env.body_case = CORRAL__V1__ENVELOPE__BODY_SUBMIT;
     env.submit = &body;
     rc = call(c, &env, c->timeout_ms, &rep);

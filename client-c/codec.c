@@ -485,6 +485,13 @@ map_source(int v)
                                                                 : CORRAL_SOURCE_NONE;
 }
 
+/* Maps a wire on_deadline to the library's; unknown values read as FAIL (the default). */
+static enum corral_on_deadline
+map_on_deadline(int v)
+{
+    return v == CORRAL_ON_DEADLINE_MOVE_ON ? CORRAL_ON_DEADLINE_MOVE_ON : CORRAL_ON_DEADLINE_FAIL;
+}
+
 /* Frees what n (borrowed) owns, recursively, and zeroes it. */
 static void
 node_clear(struct corral_node *n)
@@ -576,6 +583,10 @@ node_fill(struct corral_node *dst, const Corral__V1__Node *pb, int depth)
     dst->cancelled_caught = pb->cancelled_caught != 0;
     dst->cancel_source = map_source((int)pb->cancel_source);
     dst->closed = pb->closed != 0;
+    dst->deadline_unix_ms = pb->deadline_unix_ms;
+    dst->on_deadline = map_on_deadline((int)pb->on_deadline);
+    dst->shield = pb->shield != 0;
+    dst->effective_deadline_unix_ms = pb->effective_deadline_unix_ms;
     if ((rc = dup_req(pb->id, &dst->id)) != CORRAL_OK ||
         (rc = dup_opt(pb->parent, &dst->parent)) != CORRAL_OK ||
         (rc = dup_opt(pb->cancel_reason, &dst->cancel_reason)) != CORRAL_OK)

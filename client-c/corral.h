@@ -49,23 +49,26 @@ extern "C" {
  * are raised locally by the library. */
 enum corral_err {
     CORRAL_OK = 0,
-    CORRAL_EBADREQUEST = 1,    /* the broker could not parse the request */
-    CORRAL_EVERSION = 2,       /* unsupported protocol version */
-    CORRAL_ENOTFOUND = 3,      /* unknown group or job id */
-    CORRAL_ENOTACTIVE = 4,     /* the group has ended */
-    CORRAL_ETOOLARGE = 5,      /* payload, result, value or details over the broker's limit */
-    CORRAL_EBUSY = 6,          /* the broker is at capacity; retry later */
-    CORRAL_ESTALE = 7,         /* a report for an attempt that is no longer current */
-    CORRAL_EWRONGSTATE = 8,    /* the request does not apply in the node's state */
-    CORRAL_EUNKNOWNWORKER = 9, /* the worker is not registered (handled internally) */
-    CORRAL_EINTERNAL = 10,     /* the broker failed; the request had no effect */
-    CORRAL_ESHUTDOWN = 11,     /* the broker is shutting down */
-    CORRAL_ETIMEDOUT = 100,    /* no answer within the timeout */
-    CORRAL_EIO = 101,          /* socket error */
-    CORRAL_ENOMEM = 102,       /* out of memory */
-    CORRAL_EINVAL = 103,       /* invalid argument */
-    CORRAL_EPROTO = 104,       /* the broker sent something this library cannot parse */
-    CORRAL_ECLOSED = 105,      /* the worker has been stopped */
+    CORRAL_EBADREQUEST = 1,      /* the broker could not parse the request */
+    CORRAL_EVERSION = 2,         /* unsupported protocol version */
+    CORRAL_ENOTFOUND = 3,        /* unknown group or job id */
+    CORRAL_ENOTACTIVE = 4,       /* the group has ended */
+    CORRAL_ETOOLARGE = 5,        /* payload, result, value or details over the broker's limit */
+    CORRAL_EBUSY = 6,            /* the broker is at capacity; retry later */
+    CORRAL_ESTALE = 7,           /* a report for an attempt that is no longer current */
+    CORRAL_EWRONGSTATE = 8,      /* the request does not apply in the node's state */
+    CORRAL_EUNKNOWNWORKER = 9,   /* the worker is not registered (handled internally) */
+    CORRAL_EINTERNAL = 10,       /* the broker failed; the request had no effect */
+    CORRAL_ESHUTDOWN = 11,       /* the broker is shutting down */
+    CORRAL_ESTARTFAILED = 12,    /* the job failed before signalling readiness */
+    CORRAL_ESTARTCANCELLED = 13, /* the job was cancelled before signalling readiness */
+    CORRAL_ENOTSTARTED = 14,     /* the job ended without signalling readiness */
+    CORRAL_ETIMEDOUT = 100,      /* no answer within the timeout */
+    CORRAL_EIO = 101,            /* socket error */
+    CORRAL_ENOMEM = 102,         /* out of memory */
+    CORRAL_EINVAL = 103,         /* invalid argument */
+    CORRAL_EPROTO = 104,         /* the broker sent something this library cannot parse */
+    CORRAL_ECLOSED = 105,        /* the worker has been stopped */
 };
 
 /* A static, human-readable name for an error code ("not found", ...). Never NULL. */
@@ -98,6 +101,25 @@ enum corral_cancel_source {
     CORRAL_SOURCE_DEADLINE = 2,
     CORRAL_SOURCE_SIBLING_FAILED = 3,
     CORRAL_SOURCE_PARENT = 4,
+};
+
+/* What a scope does when its deadline passes (AnyIO's fail_after / move_on_after). */
+enum corral_on_deadline {
+    CORRAL_ON_DEADLINE_FAIL = 0,    /* cancelled, then FAILED with a bare TimeoutError (or the
+                                     * exception group of children that failed for real) */
+    CORRAL_ON_DEADLINE_MOVE_ON = 1, /* cancelled, then SUCCEEDED with cancelled_caught set */
+};
+
+/* Cancel-scope options of a group or a job. Zero-initialise (= no deadline, FAIL, not
+ * shielded); fields may be added at the end. At most one of timeout_ms and
+ * deadline_unix_ms may be set. A shielded scope is not reached by cancellation from
+ * above (its parent waits for it); its own deadline and a cancel aimed at it still
+ * apply. */
+struct corral_scope {
+    uint64_t timeout_ms;       /* relative deadline from when the broker accepts; 0: none */
+    uint64_t deadline_unix_ms; /* absolute deadline, ms since the Unix epoch; 0: none */
+    enum corral_on_deadline on_deadline;
+    bool shield;
 };
 
 /* Names as used in the --json tree: "QUEUED", "SUCCEEDED", "sibling_failed"; NULL for
@@ -141,6 +163,12 @@ struct corral_node {
     size_t nchildren;
     struct corral_node *groups; /* jobs: groups the job opened */
     size_t ngroups;
+    uint64_t deadline_unix_ms; /* the node's own deadline, ms since the Unix epoch; 0: none */
+    enum corral_on_deadline on_deadline;
+    bool shield;
+    /* The earliest deadline of the node and its enclosing scopes up to the nearest shielded
+     * one (whose own deadline counts); 0: none. */
+    uint64_t effective_deadline_unix_ms;
 };
 
 /* Frees a tree returned by the library. */
@@ -174,6 +202,21 @@ CORRAL_API int corral_group_open(struct corral_client *c, const char *parent_gro
 CORRAL_API int corral_submit(struct corral_client *c, const char *group, const char *kind,
                              const void *payload, size_t len, char id_out[CORRAL_ID_MAX],
                              bool *cancelled);
+
+/* corral_group_open and corral_submit with the cancel-scope options *scope (NULL or all
+ * zero: none, the very request of the plain calls). Every argument is borrowed; the new
+ * id is written into id_out and *cancelled (may be NULL) set as by the plain calls, which
+ * they block like, up to the client's timeout, with the same errors, and also
+ * CORRAL_EINVAL (nothing sent) when both timeout_ms and deadline_unix_ms are set or
+ * on_deadline is not a corral_on_deadline value. A broker that predates scopes ignores
+ * them. */
+CORRAL_API int corral_group_open_scoped(struct corral_client *c, const char *parent_group,
+                                        const char *parent_job, const struct corral_scope *scope,
+                                        char id_out[CORRAL_ID_MAX], bool *cancelled);
+CORRAL_API int corral_submit_scoped(struct corral_client *c, const char *group, const char *kind,
+                                    const void *payload, size_t len,
+                                    const struct corral_scope *scope, char id_out[CORRAL_ID_MAX],
+                                    bool *cancelled);
 
 /* Closes a group (the owner left its block). Idempotent. */
 CORRAL_API int corral_group_close(struct corral_client *c, const char *group);
@@ -275,6 +318,12 @@ CORRAL_API uint32_t corral_job_attempt(const struct corral_job *j);
 CORRAL_API const char *corral_job_kind(const struct corral_job *j);
 CORRAL_API const char *corral_job_group(const struct corral_job *j);
 CORRAL_API const void *corral_job_payload(const struct corral_job *j, size_t *len);
+
+/* The job's effective deadline as the broker dispatched it: the earliest deadline of the
+ * job and its enclosing scopes up to the nearest shielded one, in ms since the Unix epoch
+ * (wall clock); 0: none. Lets a job bound its own work. Borrows j; never blocks; safe
+ * from any thread. */
+CORRAL_API uint64_t corral_job_deadline(const struct corral_job *j);
 
 /* True once the broker has asked to cancel the job. The fd (borrowed) becomes readable
  * at that moment and stays readable; it is made on the first call (-1 if the process is

@@ -31,6 +31,12 @@ corral_strerror(int err)
         return "internal broker error";
     case CORRAL_ESHUTDOWN:
         return "broker is shutting down";
+    case CORRAL_ESTARTFAILED:
+        return "job failed before signalling readiness";
+    case CORRAL_ESTARTCANCELLED:
+        return "job was cancelled before signalling readiness";
+    case CORRAL_ENOTSTARTED:
+        return "job ended without signalling readiness";
     case CORRAL_ETIMEDOUT:
         return "timed out";
     case CORRAL_EIO:

@@ -371,6 +371,13 @@ corral_job_payload(const struct corral_job *j, size_t *len)
     return j->payload;
 }
 
+/* Borrows j; set once before the job is handed out, so safe from any thread. */
+uint64_t
+corral_job_deadline(const struct corral_job *j)
+{
+    return j->deadline_ms;
+}
+
 /* Borrows j; safe from any thread. */
 bool
 corral_job_cancelled(const struct corral_job *j)

@@ -95,7 +95,8 @@ struct corral_job {
     const char *group;
     const uint8_t *payload; /* NUL-terminated, never NULL */
     size_t payload_len;
-    uint64_t hash; /* of (id, attempt), for the running table */
+    uint64_t deadline_ms; /* the Dispatch's effective deadline (Unix epoch ms); 0: none */
+    uint64_t hash;        /* of (id, attempt), for the running table */
     /* -1 until corral_job_cancel_fd makes it (under w->mu; read without it by API threads
      * once set, hence atomic). */
     atomic_int cancel_fd;

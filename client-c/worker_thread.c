@@ -97,6 +97,7 @@ job_new(struct corral_job **out, struct corral_worker *w, const Corral__V1__Disp
     j->group = memcpy(p, group, ngroup);
     j->w = w;
     j->attempt = d->attempt;
+    j->deadline_ms = d->effective_deadline_unix_ms;
     j->hash = worker_job_hash(j->id, j->attempt);
     j->refs = 2;
     atomic_init(&j->cancel_fd, -1);

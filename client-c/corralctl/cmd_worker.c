@@ -26,6 +26,7 @@
 #include "clock.h"
 #include "corral.h"
 #include "json.h"
+#include "rfc3339.h"
 
 extern char **environ;
 
@@ -39,10 +40,11 @@ extern char **environ;
 #define IO_CHUNK     65536
 #define DRAIN_READS  1024 /* reads of a reaped child's pipes, at most */
 
-/* Environment variables given to each command (any inherited value is replaced). */
+/* Environment variables given to each command (any inherited value is replaced).
+ * CORRAL_DEADLINE: the job's effective deadline in RFC 3339 (UTC), "" when none. */
 static const char *const JOB_ENV[] = {
-    "CORRAL_JOB_ID",   "CORRAL_ATTEMPT",         "CORRAL_JOB_KIND",
-    "CORRAL_GROUP_ID", "CORRAL_CLIENT_ENDPOINT", "CORRAL_WORKER_ENDPOINT",
+    "CORRAL_JOB_ID",          "CORRAL_ATTEMPT",         "CORRAL_JOB_KIND", "CORRAL_GROUP_ID",
+    "CORRAL_CLIENT_ENDPOINT", "CORRAL_WORKER_ENDPOINT", "CORRAL_DEADLINE",
 };
 #define NJOB_ENV (sizeof(JOB_ENV) / sizeof(JOB_ENV[0]))
 
@@ -150,11 +152,18 @@ static char **
 build_env(const struct loop *l, const struct corral_job *job)
 {
     char attempt[16];
+    char deadline[RFC3339_MAX] = "";
     snprintf(attempt, sizeof(attempt), "%" PRIu32, corral_job_attempt(job));
+    if (corral_job_deadline(job) != 0)
+        rfc3339_format(corral_job_deadline(job), deadline);
     const char *values[NJOB_ENV] = {
-        corral_job_id(job),    attempt,
-        corral_job_kind(job),  corral_job_group(job),
-        l->o->client_endpoint, l->o->worker_endpoint,
+        corral_job_id(job),
+        attempt,
+        corral_job_kind(job),
+        corral_job_group(job),
+        l->o->client_endpoint,
+        l->o->worker_endpoint,
+        deadline,
     };
     size_t nptr = l->nbase_env + NJOB_ENV + 1;
     size_t size = nptr * sizeof(char *);

@@ -20,6 +20,7 @@
 #include "duration.h"
 #include "json.h"
 #include "print.h"
+#include "rfc3339.h"
 
 /* Exit statuses (sysexits.h values). */
 #define EXIT_USAGE       64 /* EX_USAGE */
@@ -70,6 +71,10 @@ enum opt {
     OPT_CONCURRENCY,
     OPT_GRACE,
     OPT_VERBOSE,
+    OPT_DEADLINE,
+    OPT_DEADLINE_AT,
+    OPT_ON_DEADLINE,
+    OPT_SHIELD,
     OPT_COUNT,
 };
 
@@ -95,6 +100,10 @@ static const struct optdef OPTDEFS[] = {
     {"concurrency", OPT_CONCURRENCY, true, BIT(CMD_WORKER)},
     {"grace", OPT_GRACE, true, BIT(CMD_WORKER)},
     {"verbose", OPT_VERBOSE, false, BIT(CMD_WORKER)},
+    {"deadline", OPT_DEADLINE, true, BIT(CMD_GROUP_OPEN) | BIT(CMD_SUBMIT)},
+    {"deadline-at", OPT_DEADLINE_AT, true, BIT(CMD_GROUP_OPEN) | BIT(CMD_SUBMIT)},
+    {"on-deadline", OPT_ON_DEADLINE, true, BIT(CMD_GROUP_OPEN) | BIT(CMD_SUBMIT)},
+    {"shield", OPT_SHIELD, false, BIT(CMD_GROUP_OPEN) | BIT(CMD_SUBMIT)},
 };
 
 /* The parsed command line; strings borrow argv. */
@@ -121,8 +130,9 @@ static const char USAGE[] =
     "usage: corralctl [OPTIONS] COMMAND [ARGS]\n"
     "\n"
     "Commands:\n"
-    "  group open [--parent GROUP | --parent-job JOB]   open a group; prints its id\n"
-    "  submit GROUP KIND [--payload TEXT | --payload-file FILE]\n"
+    "  group open [--parent GROUP | --parent-job JOB] [SCOPE]\n"
+    "                                     open a group; prints its id\n"
+    "  submit GROUP KIND [--payload TEXT | --payload-file FILE] [SCOPE]\n"
     "                                     submit a job (FILE '-' = stdin); prints its id\n"
     "  group close GROUP                  close a group (its owner left the block)\n"
     "  group cancel GROUP [--reason TEXT] cancel a group and its subtree\n"
@@ -137,6 +147,15 @@ static const char USAGE[] =
     "                                     run CMD once per job: payload on stdin, stdout\n"
     "                                     is the result, exit 0 is success\n"
     "  help                               show this help\n"
+    "\n"
+    "SCOPE (group open, submit):\n"
+    "  --deadline DURATION     cancel the scope DURATION after the broker accepts it\n"
+    "  --deadline-at TIME      cancel it at TIME, RFC 3339 (2026-11-23T10:00:00Z,\n"
+    "                          2026-11-23T11:00:00.5+01:00)\n"
+    "  --on-deadline fail|move-on\n"
+    "                          at the deadline: fail (FAILED, TimeoutError; default) or\n"
+    "                          move-on (SUCCEEDED, cancelled_caught)\n"
+    "  --shield                cancellation from above does not reach it\n"
     "\n"
     "Options (anywhere on the line):\n"
     "  --json                  machine-readable output\n"
@@ -294,6 +313,38 @@ parse_duration(const char *opt, const char *text, uint64_t *out)
 {
     if (duration_parse_ms(text, out) != 0)
         return usage_error("bad duration for --%s: '%s' (use e.g. 250ms, 5s, 2m, 1h)", opt, text);
+    return 0;
+}
+
+/* Reads the scope options (--deadline, --deadline-at, --on-deadline, --shield) into *out.
+ * Returns 0 or EXIT_USAGE. */
+static int
+parse_scope(const struct args *a, struct corral_scope *out)
+{
+    memset(out, 0, sizeof(*out));
+    if (a->given[OPT_DEADLINE] && a->given[OPT_DEADLINE_AT])
+        return usage_error("give at most one of --deadline and --deadline-at");
+    if (a->given[OPT_DEADLINE]) {
+        if (parse_duration("deadline", a->val[OPT_DEADLINE], &out->timeout_ms) != 0)
+            return EXIT_USAGE;
+        if (out->timeout_ms == 0)
+            return usage_error("--deadline must be at least 1ms");
+    }
+    if (a->given[OPT_DEADLINE_AT] &&
+        rfc3339_parse(a->val[OPT_DEADLINE_AT], &out->deadline_unix_ms) != 0)
+        return usage_error("bad time for --deadline-at: '%s' (use RFC 3339, e.g. "
+                           "2026-11-23T10:00:00Z or 2026-11-23T11:00:00.250+01:00)",
+                           a->val[OPT_DEADLINE_AT]);
+    if (a->given[OPT_ON_DEADLINE]) {
+        const char *m = a->val[OPT_ON_DEADLINE];
+        if (strcmp(m, "fail") == 0)
+            out->on_deadline = CORRAL_ON_DEADLINE_FAIL;
+        else if (strcmp(m, "move-on") == 0)
+            out->on_deadline = CORRAL_ON_DEADLINE_MOVE_ON;
+        else
+            return usage_error("bad --on-deadline '%s' (fail or move-on)", m);
+    }
+    out->shield = a->given[OPT_SHIELD];
     return 0;
 }
 
@@ -501,10 +552,11 @@ cmd_group_wait(const struct ctx *x, struct corral_client *c, const char *group, 
     return rc;
 }
 
-/* Runs a client command (everything but worker and help) on a new client. */
+/* Runs a client command (everything but worker and help) on a new client; scope (borrowed)
+ * applies to group open and submit. */
 static int
 run_client(const struct ctx *x, enum command cmd, const struct args *a, const char **argsv,
-           int64_t wait_ms)
+           const struct corral_scope *scope, int64_t wait_ms)
 {
     struct corral_client *c = NULL;
     char id[CORRAL_ID_MAX];
@@ -518,7 +570,8 @@ run_client(const struct ctx *x, enum command cmd, const struct args *a, const ch
         return fail(x, NULL, err);
     switch (cmd) {
     case CMD_GROUP_OPEN:
-        err = corral_group_open(c, a->val[OPT_PARENT], a->val[OPT_PARENT_JOB], id, &cancelled);
+        err = corral_group_open_scoped(c, a->val[OPT_PARENT], a->val[OPT_PARENT_JOB], scope, id,
+                                       &cancelled);
         rc = err != CORRAL_OK ? fail(x, c, err) : print_id(x, id, cancelled);
         break;
     case CMD_SUBMIT:
@@ -535,7 +588,7 @@ run_client(const struct ctx *x, enum command cmd, const struct args *a, const ch
             }
             plen = strlen(payload);
         }
-        err = corral_submit(c, argsv[0], argsv[1], payload, plen, id, &cancelled);
+        err = corral_submit_scoped(c, argsv[0], argsv[1], payload, plen, scope, id, &cancelled);
         rc = err != CORRAL_OK ? fail(x, c, err) : print_id(x, id, cancelled);
         break;
     case CMD_GROUP_CLOSE:
@@ -661,6 +714,9 @@ run(struct args *a)
         return usage_error("give at most one of --parent and --parent-job");
     if (a->given[OPT_PAYLOAD] && a->given[OPT_PAYLOAD_FILE])
         return usage_error("give at most one of --payload and --payload-file");
+    struct corral_scope scope;
+    if (parse_scope(a, &scope) != 0)
+        return EXIT_USAGE;
 
     struct ctx x = {.json = a->given[OPT_JSON], .timeout_text = "5s"};
     x.endpoint =
@@ -693,7 +749,7 @@ run(struct args *a)
 
     if (cmd == CMD_WORKER)
         return run_worker(&x, a);
-    return run_client(&x, cmd, a, a->pos + nwords, wait_ms);
+    return run_client(&x, cmd, a, a->pos + nwords, &scope, wait_ms);
 }
 
 int

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "json.h"
+#include "rfc3339.h"
 
 /* Longest result shown on a tree line, and longest error message, in output columns. */
 #define RESULT_SHOWN_MAX 60
@@ -270,6 +271,28 @@ put_cancel(FILE *f, const struct corral_node *n)
     fputc(')', f);
 }
 
+/* The name of an on_deadline mode, as in --on-deadline and the --json tree. */
+static const char *
+on_deadline_name(enum corral_on_deadline m)
+{
+    return m == CORRAL_ON_DEADLINE_MOVE_ON ? "move-on" : "fail";
+}
+
+/* Writes a node's scope, each part that is set: "  deadline TIME (MODE)", "  shield",
+ * "  effective deadline TIME". */
+static void
+put_scope(FILE *f, const struct corral_node *n)
+{
+    char t[RFC3339_MAX];
+    if (n->deadline_unix_ms != 0)
+        fprintf(f, "  deadline %s (%s)", rfc3339_format(n->deadline_unix_ms, t),
+                on_deadline_name(n->on_deadline));
+    if (n->shield)
+        fputs("  shield", f);
+    if (n->effective_deadline_unix_ms != 0)
+        fprintf(f, "  effective deadline %s", rfc3339_format(n->effective_deadline_unix_ms, t));
+}
+
 /* Writes a job's result: "  result: "text"", cut short past RESULT_SHOWN_MAX columns. */
 static void
 put_result(FILE *f, const struct corral_node *n)
@@ -311,6 +334,7 @@ put_node(FILE *f, const struct corral_node *n, unsigned depth)
             fputs("  ", f);
             put_cancel(f, n);
         }
+        put_scope(f, n);
         if (n->error != NULL && !is_group_error(n->error))
             put_error(f, n->error); /* a bare error, such as a deadline's TimeoutError */
         fputc('\n', f);
@@ -328,6 +352,7 @@ put_node(FILE *f, const struct corral_node *n, unsigned depth)
         fputc(' ', f);
         put_cancel(f, n);
     }
+    put_scope(f, n);
     if (n->outcome == CORRAL_OUTCOME_SUCCEEDED)
         put_result(f, n);
     if (n->error != NULL)
@@ -410,6 +435,15 @@ json_error(struct json_writer *w, const struct corral_error *e)
     json_end_object(w);
 }
 
+/* Writes "name": TIME (RFC 3339, UTC, milliseconds) for ms, or "name": null when ms is 0. */
+static void
+json_time(struct json_writer *w, const char *name, uint64_t ms)
+{
+    char t[RFC3339_MAX];
+    json_key(w, name);
+    json_string(w, ms != 0 ? rfc3339_format(ms, t) : NULL);
+}
+
 /* Writes a node object and its subtree, keys in the order of the contract. */
 static void
 json_node(struct json_writer *w, const struct corral_node *n)
@@ -448,6 +482,12 @@ json_node(struct json_writer *w, const struct corral_node *n)
     json_key(w, "cancel_reason");
     json_string(w,
                 n->cancel_reason != NULL && n->cancel_reason[0] != '\0' ? n->cancel_reason : NULL);
+    json_time(w, "deadline", n->deadline_unix_ms);
+    json_key(w, "on_deadline");
+    json_string(w, on_deadline_name(n->on_deadline));
+    json_key(w, "shield");
+    json_bool(w, n->shield);
+    json_time(w, "effective_deadline", n->effective_deadline_unix_ms);
     json_key(w, job ? "groups" : "children");
     json_begin_array(w);
     const struct corral_node *kids = job ? n->groups : n->children;
