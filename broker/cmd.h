@@ -61,6 +61,9 @@ struct cmd {
     const char *parent_job;   /* OPEN_GROUP */
     const char *kind;         /* SUBMIT */
     struct scope_opts scope;  /* OPEN_GROUP, SUBMIT */
+    bool wait_started;        /* SUBMIT: reply when the job signals readiness (S9) */
+    uint32_t max_attempts;    /* SUBMIT: 0: default */
+    uint64_t backoff_ms;      /* SUBMIT: 0: default */
     struct bytes data;        /* SUBMIT payload, DONE result, STARTED value, FAILED details */
     const char *reason;       /* CANCEL_* */
     uint32_t event_mask;      /* SUBSCRIBE: bit (1 << enum event_type) per type; 0: all */
@@ -108,6 +111,9 @@ struct tnode {
     enum on_deadline on_deadline;
     bool shield;
     uint64_t effective_deadline_ms;
+    uint32_t max_attempts;
+    uint64_t next_attempt_ms;
+    bool started;
     struct tnode *children;
     size_t nchildren;
     struct tnode *groups;
@@ -141,6 +147,8 @@ struct out_msg {
     uint32_t hb_timeout_ms;
     const struct running_ref *reclaimed;
     size_t nreclaimed;
+    struct bytes value; /* Submit with wait_started: the started() value */
+    struct terr *error; /* CORRAL_ESTARTFAILED: the job's error */
     /* OUTMSG_DISPATCH and OUTMSG_CANCEL (job, attempt); dispatch also kind, payload, group */
     const char *job;
     uint32_t attempt;

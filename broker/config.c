@@ -38,6 +38,9 @@ static const struct option_def options[] = {
      "a worker silent this long is lost; also the reconnect window after a restart"},
     {"cancel-resend", "CORRAL_CANCEL_RESEND", "1s", OPT_DURATION, FIELD(cancel_resend_ms),
      "how often CANCEL is repeated to a worker until it acknowledges"},
+    {"cancel-grace", "CORRAL_CANCEL_GRACE", "30s", OPT_DURATION, FIELD(cancel_grace_ms),
+     "a cancelled job whose worker does not acknowledge within this ends CANCELLED and its "
+     "worker is declared lost"},
     {"max-payload", "CORRAL_MAX_PAYLOAD", "1M", OPT_SIZE, FIELD(max_payload),
      "largest payload, result, started value or error accepted (answered TOO_LARGE)"},
     {"max-message", "CORRAL_MAX_MESSAGE", "16M", OPT_SIZE, FIELD(max_message),

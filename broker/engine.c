@@ -193,8 +193,9 @@ static const unsigned legal[2][9] = {
         {
             [ST_NONE] = BIT(ST_QUEUED) | BIT(ST_ENDED),
             [ST_QUEUED] = BIT(ST_RUNNING) | BIT(ST_ENDED),
-            [ST_RUNNING] = BIT(ST_CANCELLING) | BIT(ST_ENDED) | BIT(ST_QUEUED),
+            [ST_RUNNING] = BIT(ST_CANCELLING) | BIT(ST_ENDED) | BIT(ST_QUEUED) | BIT(ST_RETRY_WAIT),
             [ST_CANCELLING] = BIT(ST_ENDED),
+            [ST_RETRY_WAIT] = BIT(ST_QUEUED) | BIT(ST_ENDED),
         },
 };
 
@@ -342,12 +343,14 @@ cancel_node(struct engine *e, struct node *n, enum cancel_source src, const char
 
     struct job *j = as_job(n);
     if (j) {
-        if (n->state == ST_QUEUED) {
+        if (n->state == ST_QUEUED || n->state == ST_RETRY_WAIT) {
             job_end(e, j, OUT_CANCELLED);
             return;
         }
         node_set_state(e, n, ST_CANCELLING);
         send_cancel(e, j);
+        if (j->worker)
+            arm_cancel_grace(e, j);
         for (size_t i = 0; i < j->ngroups; i++)
             cancel_node(e, &j->groups[i]->n, SRC_PARENT, r);
         return;
@@ -368,7 +371,11 @@ static void
 child_ended(struct engine *e, struct group *g, struct node *child)
 {
     g->unended--;
-    if (child->outcome == OUT_FAILED) {
+    struct job *cj = as_job(child);
+    /* S9: a job that failed before signalling readiness gave its error to its starter;
+     * it is not the group's failure. */
+    bool before_start = cj && cj->wait_started && !cj->started;
+    if (child->outcome == OUT_FAILED && !before_start) {
         child->failed_seq = ++e->failseq;
         mark_dirty(e, child);
         eappend((void ***)&g->failures, &g->nfailures, &g->capfailures, child);
@@ -376,6 +383,30 @@ child_ended(struct engine *e, struct group *g, struct node *child)
             cancel_node(e, &g->n, SRC_SIBLING_FAILED, child->idstr);
     }
     group_maybe_end(e, g);
+}
+
+/* A job waited for with wait_started ended before started(): tell its starter how (S9). */
+static void
+answer_starter(struct engine *e, struct job *j)
+{
+    struct listener *l = j->starter;
+    if (l == NULL)
+        return;
+    j->starter = NULL;
+    struct out_msg *m;
+    if (j->n.outcome == OUT_FAILED) {
+        m = reply_fmt(e, &l->peer, l->request_id, CORRAL_ESTARTFAILED,
+                      "job %s failed before signalling readiness", j->n.idstr);
+        m->error = tree_build(e, &j->n, false)->error;
+    } else if (j->n.outcome == OUT_CANCELLED) {
+        m = reply_fmt(e, &l->peer, l->request_id, CORRAL_ESTARTCANCELLED,
+                      "job %s was cancelled before signalling readiness", j->n.idstr);
+    } else {
+        m = reply_fmt(e, &l->peer, l->request_id, CORRAL_ENOTSTARTED,
+                      "job %s ended without signalling readiness", j->n.idstr);
+    }
+    m->id = j->n.idstr;
+    free(l);
 }
 
 void
@@ -404,6 +435,7 @@ job_end(struct engine *e, struct job *j, enum outcome o)
     j->n.outcome = o;
     j->n.ended_ms = e->now;
     e->stats.jobs_ended[o]++;
+    answer_starter(e, j);
     emit_event(e, &j->n, EV_JOB_ENDED);
     if (o == OUT_CANCELLED)
         mark_caught(e, &j->n, true);
@@ -647,6 +679,9 @@ on_submit(struct engine *e, const struct peer *from, const struct cmd *c)
     j->kind = kind_get(e, c->kind);
     j->payload = ememdup(c->data.data, c->data.len);
     j->payload_len = c->data.len;
+    j->wait_started = c->wait_started;
+    j->max_attempts = c->max_attempts ? c->max_attempts : DEFAULT_MAX_ATTEMPTS;
+    j->backoff_ms = c->backoff_ms ? c->backoff_ms : DEFAULT_BACKOFF_MS;
     eappend((void ***)&g->children, &g->nchildren, &g->capchildren, j);
     g->unended++;
     e->stats.jobs_submitted++;
@@ -664,7 +699,17 @@ on_submit(struct engine *e, const struct peer *from, const struct cmd *c)
         node_set_state(e, &j->n, ST_QUEUED);
         kind_enqueue(e, j);
     }
-    struct out_msg *m = reply(e, from, c->request_id, CORRAL_OK, NULL);
+    if (c->wait_started && !cancelled) {
+        /* S9: the reply waits for started(), or says how the job ended before it. */
+        j->starter = ecalloc(1, sizeof(*j->starter));
+        j->starter->peer = *from;
+        j->starter->request_id = c->request_id;
+        return;
+    }
+    struct out_msg *m =
+        c->wait_started ? reply_fmt(e, from, c->request_id, CORRAL_ESTARTCANCELLED,
+                                    "job %s was cancelled before signalling readiness", j->n.idstr)
+                        : reply(e, from, c->request_id, CORRAL_OK, NULL);
     m->id = j->n.idstr;
     m->cancelled = cancelled;
 }
@@ -804,6 +849,7 @@ node_free(struct node *n)
         free(j->err_message);
         free(j->err_details);
         free(j->groups);
+        free(j->starter);
     }
     free(n);
 }

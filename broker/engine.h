@@ -19,6 +19,7 @@ struct engine_config {
     uint32_t heartbeat_interval_ms; /* told to workers */
     uint32_t heartbeat_timeout_ms;  /* silent worker -> lost; reconnect window at start */
     uint32_t cancel_resend_ms;      /* CANCEL is repeated this often until acknowledged */
+    uint32_t cancel_grace_ms;       /* unacknowledged this long: CANCELLED, worker lost (D6) */
     uint64_t max_payload;           /* soft limit on payload, result, value, details */
 };
 

@@ -74,10 +74,15 @@ struct job {
     char *err_message;
     uint8_t *err_details;
     size_t err_details_len;
-    bool started;
-    struct worker *worker; /* RUNNING or CANCELLING on it; NULL while orphaned */
-    size_t worker_slot;    /* index in worker->jobs */
-    struct job *qprev;     /* kind queue links while QUEUED */
+    bool started;             /* the current attempt called started() (S9) */
+    bool wait_started;        /* its submitter waits for started() */
+    struct listener *starter; /* that submitter, until answered */
+    uint32_t max_attempts;    /* S13 */
+    uint64_t backoff_ms;
+    uint64_t next_attempt_ms; /* RETRY_WAIT: when it is queued again */
+    struct worker *worker;    /* RUNNING or CANCELLING on it; NULL while orphaned */
+    size_t worker_slot;       /* index in worker->jobs */
+    struct job *qprev;        /* kind queue links while QUEUED */
     struct job *qnext;
     struct group **groups; /* groups the job opened */
     size_t ngroups;
@@ -118,6 +123,8 @@ enum timer_kind {
     TIMER_CANCEL_RESEND = 1, /* id: job id, gen: attempt */
     TIMER_RECLAIM_END = 2,   /* end of the reconnect window after a restart */
     TIMER_DEADLINE = 3,      /* id: group or job id whose own deadline passes */
+    TIMER_RETRY = 4,         /* id: job id, gen: the attempt that failed */
+    TIMER_CANCEL_GRACE = 5,  /* id: job id, gen: attempt (D6) */
 };
 
 /* A restored node and where it hangs, kept until engine_restore_finish links it. */
@@ -182,6 +189,10 @@ void mark_dirty(struct engine *e, struct node *n);
 /* The error of a scope whose fail_after deadline passed (S6), and the cancel reason. */
 #define TIMEOUT_ERROR     "TimeoutError"
 #define DEADLINE_EXCEEDED "deadline exceeded"
+/* Defaults of a job's retry policy (S13). */
+#define DEFAULT_MAX_ATTEMPTS 3
+#define DEFAULT_BACKOFF_MS   1000
+#define MAX_BACKOFF_MS       60000
 
 /* A job reached its outcome: records it, releases its worker slot, tells its group. */
 void job_end(struct engine *e, struct job *j, enum outcome o);
@@ -211,6 +222,10 @@ void kind_dequeue(struct engine *e, struct job *j);
 struct kind *kind_get(struct engine *e, const char *name);
 void worker_release(struct engine *e, struct job *j);
 void send_cancel(struct engine *e, struct job *j);
+/* Gives a job's worker the cancel grace to acknowledge (D6). */
+void arm_cancel_grace(struct engine *e, struct job *j);
+/* Arms the timer that queues a RETRY_WAIT job again (S13). */
+void arm_retry(struct engine *e, struct job *j);
 void engine_handle_worker(struct engine *e, const struct peer *from, const struct cmd *c);
 struct worker *worker_find(struct engine *e, const struct peer *p);
 void workers_free(struct engine *e);

@@ -39,6 +39,11 @@ engine_flush(struct engine *e, struct outbox *out)
                 .deadline_ms = n->deadline_ms,
                 .on_deadline = n->on_deadline,
                 .shield = n->shield,
+                .wait_started = j->wait_started,
+                .max_attempts = j->max_attempts,
+                .backoff_ms = j->backoff_ms,
+                .started = j->started,
+                .next_attempt_ms = j->next_attempt_ms,
                 .is_new = !n->persisted,
             };
             ok = outbox_job_row(out, &r);
@@ -155,6 +160,13 @@ engine_restore_job(struct engine *e, const struct job_row *r)
     j->err_details = ememdup(r->err_details.data, r->err_details.len);
     j->err_details_len = r->err_details.len;
     restore_scope(e, &j->n, r->deadline_ms, r->on_deadline, r->shield);
+    j->wait_started = r->wait_started;
+    j->max_attempts = r->max_attempts ? r->max_attempts : DEFAULT_MAX_ATTEMPTS;
+    j->backoff_ms = r->backoff_ms ? r->backoff_ms : DEFAULT_BACKOFF_MS;
+    j->started = r->started;
+    j->next_attempt_ms = r->next_attempt_ms;
+    if (j->n.state == ST_RETRY_WAIT)
+        arm_retry(e, j); /* S13: the retry schedule survives a restart */
     park(e, &j->n, PARENT_GROUP, r->group_id);
     return CORRAL_OK;
 }

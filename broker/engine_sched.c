@@ -5,6 +5,7 @@
 #include "engine_int.h"
 
 #include <inttypes.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -123,36 +124,84 @@ send_cancel(struct engine *e, struct job *j)
     arm_cancel_resend(e, j);
 }
 
-/* Puts a job that lost its worker back in its queue; the next dispatch is attempt+1. */
+void
+arm_retry(struct engine *e, struct job *j)
+{
+    struct timer t = {j->next_attempt_ms, j->n.id, TIMER_RETRY, j->attempt};
+    if (!timer_push(&e->timers, &t))
+        engine_oom();
+}
+
+void
+arm_cancel_grace(struct engine *e, struct job *j)
+{
+    struct timer t = {e->now + e->cfg.cancel_grace_ms, j->n.id, TIMER_CANCEL_GRACE, j->attempt};
+    if (!timer_push(&e->timers, &t))
+        engine_oom();
+}
+
+/* The delay before the attempt after `attempt`: the backoff doubling per attempt, at
+ * most MAX_BACKOFF_MS, plus up to 10% jitter derived from the job and attempt (the engine
+ * keeps no random state, so a replay decides the same). */
+static uint64_t
+retry_delay(const struct job *j)
+{
+    uint64_t d = j->backoff_ms;
+    for (uint32_t a = 1; a < j->attempt && d < MAX_BACKOFF_MS; a++)
+        d *= 2;
+    if (d > MAX_BACKOFF_MS)
+        d = MAX_BACKOFF_MS;
+    uint64_t h = (j->n.id * 0x9e3779b97f4a7c15ULL) ^ ((uint64_t)j->attempt << 32);
+    h ^= h >> 29;
+    return d + h % (d / 10 + 1);
+}
+
+/* S13: an attempt ended without a result (its worker was lost, or it failed as
+ * retryable). Another attempt follows after the backoff while attempts remain; else the
+ * job ends FAILED with the error given (or the one it reported: type NULL). */
 static void
-requeue(struct engine *e, struct job *j)
+retry_or_fail(struct engine *e, struct job *j, const char *type, const char *message)
 {
     if (j->worker)
         worker_release(e, j);
+    if (type) {
+        free(j->err_type);
+        free(j->err_message);
+        j->err_type = estrdup(type);
+        j->err_message = estrdup(message);
+    }
+    if (j->attempt >= j->max_attempts) {
+        job_body_ended(e, j, OUT_FAILED);
+        return;
+    }
+    /* D5: the groups the lost attempt opened are cancelled with it. */
     for (size_t i = 0; i < j->ngroups; i++)
-        cancel_node(e, &j->groups[i]->n, SRC_PARENT, "the job's worker was lost");
-    node_set_state(e, &j->n, ST_QUEUED);
+        cancel_node(e, &j->groups[i]->n, SRC_PARENT, "the job's attempt ended");
+    node_set_state(e, &j->n, ST_RETRY_WAIT);
     j->started = false;
-    kind_enqueue(e, j);
+    j->next_attempt_ms = e->now + retry_delay(j);
+    arm_retry(e, j);
     e->stats.jobs_requeued++;
 }
 
 /* A job's worker is gone for good: a running job is tried again (at least once, S13), a
  * job being cancelled ends CANCELLED and is never retried (D6). */
 static void
-orphan_lost(struct engine *e, struct job *j)
+orphan_lost(struct engine *e, struct job *j, const char *why)
 {
     if (j->n.state == ST_CANCELLING)
         job_body_ended(e, j, OUT_CANCELLED);
     else
-        requeue(e, j);
+        retry_or_fail(e, j, "WorkerLost", why);
 }
 
 static void
-worker_lose(struct engine *e, struct worker *w)
+worker_lose(struct engine *e, struct worker *w, const char *why)
 {
+    char msg[160];
+    snprintf(msg, sizeof(msg), "worker %s was lost: %s", w->name ? w->name : "?", why);
     while (w->njobs > 0)
-        orphan_lost(e, w->jobs[w->njobs - 1]);
+        orphan_lost(e, w->jobs[w->njobs - 1], msg);
     struct worker **pp = &e->workers;
     while (*pp != w)
         pp = &(*pp)->next;
@@ -235,8 +284,10 @@ on_ready(struct engine *e, const struct peer *from, const struct cmd *c)
                 worker_release(e, j);
             worker_assign(e, w, j);
         }
-        if (j->n.state == ST_CANCELLING)
+        if (j->n.state == ST_CANCELLING) {
             send_cancel(e, j);
+            arm_cancel_grace(e, j);
+        }
         back[nback].job = j->n.idstr;
         back[nback].attempt = j->attempt;
         nback++;
@@ -301,6 +352,22 @@ on_report(struct engine *e, struct worker *w, const struct peer *from, const str
             return;
         }
         j->started = true;
+        mark_dirty(e, &j->n);
+        if (j->starter) {
+            /* S9: the submitter gets the value; the job runs on. The value is copied:
+             * the reply is encoded after the turn commits. */
+            struct out_msg *m =
+                reply(e, &j->starter->peer, j->starter->request_id, CORRAL_OK, NULL);
+            m->id = j->n.idstr;
+            uint8_t *v = arena_alloc(&e->out->arena, c->data.len + 1);
+            if (v == NULL)
+                engine_oom();
+            if (c->data.len)
+                memcpy(v, c->data.data, c->data.len);
+            m->value = (struct bytes){v, c->data.len};
+            free(j->starter);
+            j->starter = NULL;
+        }
         emit_event(e, &j->n, EV_JOB_STARTED);
         break;
     case CMD_DONE:
@@ -319,11 +386,17 @@ on_report(struct engine *e, struct worker *w, const struct peer *from, const str
     case CMD_FAILED:
         if (too_large(e, from, c, "error", strlen(c->err_message) + c->data.len))
             return;
+        free(j->err_type);
+        free(j->err_message);
+        free(j->err_details);
         j->err_type = estrdup(c->err_type);
         j->err_message = estrdup(c->err_message);
         j->err_details = ememdup(c->data.data, c->data.len);
         j->err_details_len = c->data.len;
-        job_body_ended(e, j, OUT_FAILED);
+        if (c->retryable && j->n.state == ST_RUNNING)
+            retry_or_fail(e, j, NULL, NULL);
+        else
+            job_body_ended(e, j, OUT_FAILED);
         break;
     default: /* CMD_CANCEL_ACK */
         if (j->n.state != ST_CANCELLING) {
@@ -426,6 +499,25 @@ fire(struct engine *e, const struct timer *t)
             cancel_node(e, n, SRC_DEADLINE, DEADLINE_EXCEEDED);
         return;
     }
+    if (t->kind == TIMER_RETRY) {
+        struct job *j = as_job(engine_node(e, t->id));
+        if (j && j->n.state == ST_RETRY_WAIT && j->attempt == t->gen) {
+            node_set_state(e, &j->n, ST_QUEUED);
+            j->next_attempt_ms = 0;
+            kind_enqueue(e, j);
+        }
+        return;
+    }
+    if (t->kind == TIMER_CANCEL_GRACE) {
+        /* D6: a worker that ignores the protocol is not trusted with more work. */
+        struct job *j = as_job(engine_node(e, t->id));
+        if (j && j->n.state == ST_CANCELLING && j->attempt == t->gen && j->worker) {
+            struct worker *w = j->worker;
+            job_body_ended(e, j, OUT_CANCELLED);
+            worker_lose(e, w, "it did not acknowledge a cancel within the cancel grace");
+        }
+        return;
+    }
     if (t->kind == TIMER_CANCEL_RESEND) {
         struct job *j = as_job(engine_node(e, t->id));
         if (j && j->n.state == ST_CANCELLING && j->attempt == t->gen)
@@ -437,7 +529,7 @@ fire(struct engine *e, const struct timer *t)
     for (size_t i = 0; i < e->norphans; i++) {
         struct job *j = e->orphans[i];
         if (j->worker == NULL && (j->n.state == ST_RUNNING || j->n.state == ST_CANCELLING))
-            orphan_lost(e, j);
+            orphan_lost(e, j, "its worker did not reconnect after the broker restarted");
     }
     free(e->orphans);
     e->orphans = NULL;
@@ -461,7 +553,7 @@ engine_tick(struct engine *e, uint64_t now_ms, struct outbox *out)
         nw = w->next;
         uint64_t expiry = w->last_seen_ms + e->cfg.heartbeat_timeout_ms;
         if (expiry <= now_ms)
-            worker_lose(e, w);
+            worker_lose(e, w, "silent past the heartbeat timeout");
         else if (expiry < next)
             next = expiry;
     }

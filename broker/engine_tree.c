@@ -89,6 +89,9 @@ fill_node(struct engine *e, struct node *n, struct tnode *t, bool deep)
     if (j) {
         t->kind = j->kind->name;
         t->attempt = j->attempt;
+        t->max_attempts = j->max_attempts;
+        t->next_attempt_ms = j->next_attempt_ms;
+        t->started = j->started;
         t->result = (struct bytes){j->result, j->result_len};
         if (deep && j->ngroups) {
             t->groups = turn_alloc(e, j->ngroups * sizeof(*t->groups));
@@ -191,10 +194,15 @@ engine_peer_gone(struct engine *e, const struct peer *p)
     if (p->side != SIDE_CLIENT)
         return;
     for (size_t i = 0; i < e->map.cap; i++) {
-        struct group *g = e->map.keys[i] ? as_group(e->map.vals[i]) : NULL;
+        struct node *n = e->map.keys[i] ? e->map.vals[i] : NULL;
+        struct group *g = as_group(n);
+        struct job *j = as_job(n);
         if (g && (g->waiters || g->subs)) {
             drop_peer(&g->waiters, p);
             e->nsubs -= drop_peer(&g->subs, p);
+        } else if (j && j->starter) {
+            /* D2: a caller that stops waiting does not cancel the job. */
+            drop_peer(&j->starter, p);
         }
     }
 }

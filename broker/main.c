@@ -103,6 +103,7 @@ main(int argc, char **argv)
         .heartbeat_interval_ms = (uint32_t)cfg.heartbeat_interval_ms,
         .heartbeat_timeout_ms = (uint32_t)cfg.heartbeat_timeout_ms,
         .cancel_resend_ms = (uint32_t)cfg.cancel_resend_ms,
+        .cancel_grace_ms = (uint32_t)cfg.cancel_grace_ms,
         .max_payload = cfg.max_payload,
     };
     if (engine_new(&eng, &ecfg) != 0)

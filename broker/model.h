@@ -94,6 +94,11 @@ struct job_row {
     uint64_t deadline_ms;
     enum on_deadline on_deadline;
     bool shield;
+    bool wait_started;        /* immutable: submitted with wait_started (S9) */
+    uint32_t max_attempts;    /* immutable (S13) */
+    uint64_t backoff_ms;      /* immutable: the first retry's delay */
+    bool started;             /* the current attempt called started() */
+    uint64_t next_attempt_ms; /* RETRY_WAIT: when the job is queued again */
     bool is_new;
 };
 

@@ -72,6 +72,12 @@ static const char *const MIGRATIONS[] = {
     "ALTER TABLE jobs ADD COLUMN deadline_ms INTEGER NOT NULL DEFAULT 0;"
     "ALTER TABLE jobs ADD COLUMN on_deadline INTEGER NOT NULL DEFAULT 0;"
     "ALTER TABLE jobs ADD COLUMN shield INTEGER NOT NULL DEFAULT 0;",
+    /* 3: start readiness (S9) and retries (S13). */
+    "ALTER TABLE jobs ADD COLUMN wait_started INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE jobs ADD COLUMN max_attempts INTEGER NOT NULL DEFAULT 3;"
+    "ALTER TABLE jobs ADD COLUMN backoff_ms INTEGER NOT NULL DEFAULT 1000;"
+    "ALTER TABLE jobs ADD COLUMN started INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE jobs ADD COLUMN next_attempt_ms INTEGER NOT NULL DEFAULT 0;",
 };
 
 #define STORE_SCHEMA_LATEST ((int)(sizeof MIGRATIONS / sizeof MIGRATIONS[0]))
@@ -119,6 +125,8 @@ enum job_col {
     JC_CANCEL_REASON,
     JC_FAILED_SEQ,
     JC_ENDED_MS,
+    JC_STARTED,
+    JC_NEXT_ATTEMPT_MS,
     JC_ID, /* first immutable column; the UPDATE's WHERE */
     JC_GROUP_ID,
     JC_KIND,
@@ -127,14 +135,18 @@ enum job_col {
     JC_DEADLINE_MS,
     JC_ON_DEADLINE,
     JC_SHIELD,
+    JC_WAIT_STARTED,
+    JC_MAX_ATTEMPTS,
+    JC_BACKOFF_MS,
 };
 
 #define JOB_MUTABLE                                                                                \
     "state, outcome, attempt, result, err_type, err_message, err_details, "                        \
     "cancel_called, cancelled_caught, cancel_source, cancel_reason, "                              \
-    "failed_seq, ended_ms"
+    "failed_seq, ended_ms, started, next_attempt_ms"
 #define JOB_COLUMNS                                                                                \
-    JOB_MUTABLE ", id, group_id, kind, payload, created_ms, deadline_ms, on_deadline, shield"
+    JOB_MUTABLE ", id, group_id, kind, payload, created_ms, deadline_ms, on_deadline, shield, "    \
+                "wait_started, max_attempts, backoff_ms"
 
 /* The prepared statements, by purpose. */
 enum stmt_id {
@@ -163,11 +175,12 @@ static const char *const STMT_SQL[STMT_COUNT] = {
     [STMT_GROUP_LOAD] = "SELECT " GROUP_COLUMNS " FROM groups ORDER BY id",
     [STMT_JOB_INSERT] = "INSERT INTO jobs (" JOB_COLUMNS ") VALUES "
                         "(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, "
-                        "?16, ?17, ?18, ?19, ?20, ?21)",
+                        "?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26)",
     [STMT_JOB_UPDATE] = "UPDATE jobs SET state = ?1, outcome = ?2, attempt = ?3, result = ?4, "
                         "err_type = ?5, err_message = ?6, err_details = ?7, "
                         "cancel_called = ?8, cancelled_caught = ?9, cancel_source = ?10, "
-                        "cancel_reason = ?11, failed_seq = ?12, ended_ms = ?13 WHERE id = ?14",
+                        "cancel_reason = ?11, failed_seq = ?12, ended_ms = ?13, started = ?14, "
+                        "next_attempt_ms = ?15 WHERE id = ?16",
     [STMT_JOB_LOAD] = "SELECT " JOB_COLUMNS " FROM jobs ORDER BY id",
 };
 
@@ -607,6 +620,8 @@ store_put_job(struct store *s, const struct job_row *row)
     bind_text(st, JC_CANCEL_REASON, row->cancel_reason, &rc);
     bind_u64(st, JC_FAILED_SEQ, row->failed_seq, &rc);
     bind_u64(st, JC_ENDED_MS, row->ended_ms, &rc);
+    bind_int(st, JC_STARTED, row->started, &rc);
+    bind_u64(st, JC_NEXT_ATTEMPT_MS, row->next_attempt_ms, &rc);
     bind_u64(st, JC_ID, row->id, &rc);
     if (row->is_new) {
         bind_u64(st, JC_GROUP_ID, row->group_id, &rc);
@@ -616,6 +631,9 @@ store_put_job(struct store *s, const struct job_row *row)
         bind_u64(st, JC_DEADLINE_MS, row->deadline_ms, &rc);
         bind_int(st, JC_ON_DEADLINE, row->on_deadline, &rc);
         bind_int(st, JC_SHIELD, row->shield, &rc);
+        bind_int(st, JC_WAIT_STARTED, row->wait_started, &rc);
+        bind_u64(st, JC_MAX_ATTEMPTS, row->max_attempts, &rc);
+        bind_u64(st, JC_BACKOFF_MS, row->backoff_ms, &rc);
     }
     if (rc != SQLITE_OK) {
         set_err(s, "store: %s %" PRIu64 ": bind: %s", what, row->id, sqlite3_errstr(rc));
@@ -727,6 +745,11 @@ read_job(sqlite3_stmt *st, struct job_row *row)
         .deadline_ms = col_u64(st, JC_DEADLINE_MS),
         .on_deadline = (enum on_deadline)sqlite3_column_int(st, JC_ON_DEADLINE),
         .shield = sqlite3_column_int(st, JC_SHIELD) != 0,
+        .wait_started = sqlite3_column_int(st, JC_WAIT_STARTED) != 0,
+        .max_attempts = (uint32_t)sqlite3_column_int64(st, JC_MAX_ATTEMPTS),
+        .backoff_ms = col_u64(st, JC_BACKOFF_MS),
+        .started = sqlite3_column_int(st, JC_STARTED) != 0,
+        .next_attempt_ms = col_u64(st, JC_NEXT_ATTEMPT_MS),
         .is_new = false,
     };
     return !bad;

@@ -55,6 +55,9 @@ _Static_assert((int)CORRAL_EWRONGSTATE == CORRAL__V1__ERROR_CODE__ERR_WRONG_STAT
 _Static_assert((int)CORRAL_EUNKNOWNWORKER == CORRAL__V1__ERROR_CODE__ERR_UNKNOWN_WORKER, "code");
 _Static_assert((int)CORRAL_EINTERNAL == CORRAL__V1__ERROR_CODE__ERR_INTERNAL, "code");
 _Static_assert((int)CORRAL_ESHUTDOWN == CORRAL__V1__ERROR_CODE__ERR_SHUTTING_DOWN, "code");
+_Static_assert((int)CORRAL_ESTARTFAILED == CORRAL__V1__ERROR_CODE__ERR_START_FAILED, "code");
+_Static_assert((int)CORRAL_ESTARTCANCELLED == CORRAL__V1__ERROR_CODE__ERR_START_CANCELLED, "code");
+_Static_assert((int)CORRAL_ENOTSTARTED == CORRAL__V1__ERROR_CODE__ERR_NOT_STARTED, "code");
 
 /* What a decoded message keeps alive while the engine handles it. */
 struct wire_decoded {
@@ -141,6 +144,9 @@ decode_client(const Corral__V1__Envelope *env, struct cmd *c, const char **errms
         c->id = b->group;
         c->kind = b->kind;
         c->data = bytes_of(b->payload);
+        c->wait_started = b->wait_started != 0;
+        c->max_attempts = b->max_attempts;
+        c->backoff_ms = b->backoff_ms;
         return decode_scope(b->scope, &c->scope, errmsg);
     }
     case CORRAL__V1__ENVELOPE__BODY_CLOSE_GROUP:
@@ -644,6 +650,9 @@ build_node(struct arena *a, const struct tnode *n, bool deep)
     pn->on_deadline = (Corral__V1__OnDeadline)n->on_deadline;
     pn->shield = n->shield;
     pn->effective_deadline_unix_ms = n->effective_deadline_ms;
+    pn->max_attempts = n->max_attempts;
+    pn->next_attempt_unix_ms = n->next_attempt_ms;
+    pn->started = n->started;
     if (deep) {
         if (!build_node_list(a, n->children, n->nchildren, &pn->children, &pn->n_children))
             return NULL;
@@ -659,7 +668,7 @@ build_node(struct arena *a, const struct tnode *n, bool deep)
 static Corral__V1__ErrorCode
 wire_code(enum corral_err code)
 {
-    if ((int)code < 0 || (int)code > CORRAL__V1__ERROR_CODE__ERR_SHUTTING_DOWN)
+    if ((int)code < 0 || (int)code > CORRAL__V1__ERROR_CODE__ERR_NOT_STARTED)
         return CORRAL__V1__ERROR_CODE__ERR_INTERNAL;
     return (Corral__V1__ErrorCode)code;
 }
@@ -744,6 +753,14 @@ wire_encode(struct wire_encoder *w, const struct out_msg *m, const uint8_t **out
         reply.retry_after_ms = m->retry_after_ms;
         reply.heartbeat_interval_ms = m->hb_interval_ms;
         reply.heartbeat_timeout_ms = m->hb_timeout_ms;
+        reply.value = pbbytes(m->value);
+        if (m->error != NULL) {
+            reply.error = build_error(a, m->error);
+            if (reply.error == NULL) {
+                rc = CORRAL_ENOMEM;
+                goto out;
+            }
+        }
         if (m->nreclaimed > 0 && m->reclaimed != NULL) {
             static const Corral__V1__RunningJob rj_init = CORRAL__V1__RUNNING_JOB__INIT;
             Corral__V1__RunningJob *rjs = alloc_array(a, m->nreclaimed, sizeof(*rjs));

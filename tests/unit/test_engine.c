@@ -22,6 +22,7 @@ setup(void)
     struct engine_config cfg = {.heartbeat_interval_ms = 100,
                                 .heartbeat_timeout_ms = 1000,
                                 .cancel_resend_ms = 500,
+                                .cancel_grace_ms = 3000,
                                 .max_payload = 1024};
     cr_assert_eq(engine_new(&E, &cfg), 0);
     outbox_init(&OB);
@@ -450,12 +451,17 @@ Test(engine, s13_stale_attempt_refused_after_lost_worker)
 {
     ready(&W1, "k", 1);
     const char *g = open_group(NULL);
-    const char *j = submit(g, "k");
+    struct out_msg *sr =
+        req(&CLIENT, (struct cmd){.type = CMD_SUBMIT, .id = g, .kind = "k", .backoff_ms = 10});
+    const char *j = keep(sr->id);
     cr_assert_not_null(find_msg(OUTMSG_DISPATCH, j));
     ready(&W2, "k", 1); /* W2 keeps heartbeating; W1 falls silent */
     NOW += 700;
     cr_assert_eq(req(&W2, (struct cmd){.type = CMD_HEARTBEAT})->code, 0);
     NOW += 700;
+    cr_assert_eq(req(&W2, (struct cmd){.type = CMD_HEARTBEAT})->code, 0);
+    cr_assert_eq(child(tree(g), j)->state, ST_RETRY_WAIT);
+    NOW += 20;
     new_turn();
     engine_tick(E, NOW, &OB);
     const struct out_msg *d = find_msg(OUTMSG_DISPATCH, j);
@@ -539,6 +545,7 @@ Test(engine, s12_restore_requeues_and_reclaim_window)
     struct engine_config cfg = {.heartbeat_interval_ms = 100,
                                 .heartbeat_timeout_ms = 1000,
                                 .cancel_resend_ms = 500,
+                                .cancel_grace_ms = 3000,
                                 .max_payload = 1024};
     cr_assert_eq(engine_new(&E, &cfg), 0);
     for (size_t i = 0; i < nsaved_groups; i++)
@@ -570,7 +577,13 @@ Test(engine, s12_restore_requeues_and_reclaim_window)
 Test(engine, s12_unreclaimed_running_job_retried_with_next_attempt)
 {
     struct group_row gr = {.id = 1, .state = ST_CLOSED, .closed = true};
-    struct job_row jr = {.id = 2, .group_id = 1, .kind = "k", .state = ST_RUNNING, .attempt = 3};
+    struct job_row jr = {.id = 2,
+                         .group_id = 1,
+                         .kind = "k",
+                         .state = ST_RUNNING,
+                         .attempt = 3,
+                         .max_attempts = 5,
+                         .backoff_ms = 10};
     cr_assert_eq(engine_restore_group(E, &gr), 0);
     cr_assert_eq(engine_restore_job(E, &jr), 0);
     cr_assert_eq(engine_restore_finish(E, NOW, &OB), 0);
@@ -578,6 +591,9 @@ Test(engine, s12_unreclaimed_running_job_retried_with_next_attempt)
     cr_assert_null(find_msg(OUTMSG_DISPATCH, "j2"), "kept for the reconnect window");
     new_turn();
     NOW += 1001;
+    cr_assert_eq(req(&W1, (struct cmd){.type = CMD_HEARTBEAT})->code, 0);
+    cr_assert_null(find_msg(OUTMSG_DISPATCH, "j2"), "RETRY_WAIT for its backoff first");
+    NOW += 100; /* attempt 3 failed: 10 ms doubled twice, plus jitter */
     cr_assert_eq(req(&W1, (struct cmd){.type = CMD_HEARTBEAT})->code, 0);
     const struct out_msg *d = find_msg(OUTMSG_DISPATCH, "j2");
     cr_assert_not_null(d);
@@ -835,4 +851,151 @@ Test(engine, s6_deadline_survives_restart_and_fires_if_passed)
     struct tnode *t = tree("g1");
     cr_assert_eq(t->outcome, OUT_FAILED, "a deadline that passed while down fires at start");
     cr_assert_str_eq(t->error->type, "TimeoutError");
+}
+
+/* ------------------------------------------------------------------ S9, S13, D6 */
+
+static uint64_t
+submit_waiting(const char *group, uint32_t max_attempts, uint64_t backoff_ms)
+{
+    new_turn();
+    struct cmd c = {.type = CMD_SUBMIT,
+                    .request_id = ++RID,
+                    .id = group,
+                    .kind = "k",
+                    .wait_started = true,
+                    .max_attempts = max_attempts,
+                    .backoff_ms = backoff_ms,
+                    .parent_group = "",
+                    .parent_job = "",
+                    .reason = "",
+                    .err_type = "",
+                    .err_message = "",
+                    .name = ""};
+    engine_handle(E, &CLIENT, &c, NOW, &OB);
+    engine_tick(E, NOW, &OB);
+    cr_assert_eq(count(OUTMSG_REPLY, &CLIENT), 0, "the reply waits for started()");
+    return c.request_id;
+}
+
+static const struct out_msg *
+reply_to(uint64_t request_id)
+{
+    for (size_t i = 0; i < OB.nmsgs; i++)
+        if (OB.msgs[i].type == OUTMSG_REPLY && OB.msgs[i].request_id == request_id)
+            return &OB.msgs[i];
+    return NULL;
+}
+
+Test(engine, s9_start_returns_the_value_and_the_job_runs_on)
+{
+    ready(&W1, "k", 4);
+    const char *g = open_group(NULL);
+    uint64_t rid = submit_waiting(g, 0, 0);
+    const char *j = find_msg(OUTMSG_DISPATCH, NULL)->job;
+    j = keep(j);
+    cr_assert_eq(report(&W1, CMD_STARTED, j, 1, "listening on 8080"), 0);
+    const struct out_msg *r = reply_to(rid);
+    cr_assert_not_null(r);
+    cr_assert_eq(r->code, CORRAL_OK);
+    cr_assert_str_eq(r->id, j);
+    cr_assert_eq(r->value.len, 17);
+    cr_assert_eq(child(tree(g), j)->state, ST_RUNNING, "the job keeps running");
+    cr_assert_eq(report(&W1, CMD_STARTED, j, 1, "again"), CORRAL_EWRONGSTATE);
+    /* after started, its failure is the group's */
+    cr_assert_eq(report(&W1, CMD_FAILED, j, 1, "crashed later"), 0);
+    cr_assert_eq(tree(g)->outcome, OUT_FAILED);
+}
+
+Test(engine, s9_failure_before_started_goes_to_the_caller_not_the_group)
+{
+    ready(&W1, "k", 4);
+    const char *g = open_group(NULL);
+    const char *sibling = submit(g, "k");
+    uint64_t rid = submit_waiting(g, 0, 0);
+    const char *j = keep(find_msg(OUTMSG_DISPATCH, NULL)->job);
+    cr_assert_eq(report(&W1, CMD_FAILED, j, 1, "bad config"), 0);
+    const struct out_msg *r = reply_to(rid);
+    cr_assert_eq(r->code, CORRAL_ESTARTFAILED);
+    cr_assert_str_eq(r->error->message, "bad config");
+    cr_assert_null(find_msg(OUTMSG_CANCEL, sibling), "the group is not cancelled by it");
+    cr_assert_eq(report(&W1, CMD_DONE, sibling, 1, "ok"), 0);
+    cr_assert_eq(simple(CMD_CLOSE_GROUP, g, NULL), 0);
+    struct tnode *t = tree(g);
+    cr_assert_eq(t->outcome, OUT_SUCCEEDED, "left out of the exception group");
+    cr_assert_eq(child(t, j)->outcome, OUT_FAILED, "but recorded FAILED");
+}
+
+Test(engine, s9_cancelled_or_ended_without_started)
+{
+    ready(&W1, "k", 4);
+    const char *g = open_group(NULL);
+    uint64_t r1 = submit_waiting(g, 0, 0);
+    const char *a = keep(find_msg(OUTMSG_DISPATCH, NULL)->job);
+    cr_assert_eq(report(&W1, CMD_DONE, a, 1, "done"), 0);
+    cr_assert_eq(reply_to(r1)->code, CORRAL_ENOTSTARTED);
+    uint64_t r2 = submit_waiting(g, 0, 0);
+    const char *b = keep(find_msg(OUTMSG_DISPATCH, NULL)->job);
+    cr_assert_eq(simple(CMD_CANCEL_GROUP, g, NULL), 0);
+    cr_assert_eq(report(&W1, CMD_CANCEL_ACK, b, 1, NULL), 0);
+    cr_assert_eq(reply_to(r2)->code, CORRAL_ESTARTCANCELLED);
+}
+
+Test(engine, s13_retryable_failure_retries_until_max_attempts_with_last_error)
+{
+    ready(&W1, "k", 4);
+    const char *g = open_group(NULL);
+    struct out_msg *sr =
+        req(&CLIENT,
+            (struct cmd){
+                .type = CMD_SUBMIT, .id = g, .kind = "k", .max_attempts = 2, .backoff_ms = 10});
+    const char *j = keep(sr->id);
+    struct cmd f = {.type = CMD_FAILED,
+                    .id = j,
+                    .attempt = 1,
+                    .err_type = "IOError",
+                    .err_message = "try 1",
+                    .retryable = true};
+    cr_assert_eq(req(&W1, f)->code, 0);
+    cr_assert_eq(child(tree(g), j)->state, ST_RETRY_WAIT);
+    advance(5);
+    cr_assert_null(find_msg(OUTMSG_DISPATCH, j), "not before the backoff");
+    advance(10);
+    cr_assert_eq(find_msg(OUTMSG_DISPATCH, j)->attempt, 2);
+    f.attempt = 2;
+    f.err_message = "try 2";
+    cr_assert_eq(req(&W1, f)->code, 0);
+    const struct tnode *n = child(tree(g), j);
+    cr_assert_eq(n->outcome, OUT_FAILED, "attempts are used up");
+    cr_assert_str_eq(n->error->message, "try 2");
+}
+
+Test(engine, s13_lost_worker_at_max_attempts_is_worker_lost)
+{
+    ready(&W1, "k", 1);
+    const char *g = open_group(NULL);
+    struct out_msg *sr =
+        req(&CLIENT, (struct cmd){.type = CMD_SUBMIT, .id = g, .kind = "k", .max_attempts = 1});
+    const char *j = keep(sr->id);
+    advance(1001);
+    const struct tnode *n = child(tree(g), j);
+    cr_assert_eq(n->outcome, OUT_FAILED);
+    cr_assert_str_eq(n->error->type, "WorkerLost");
+}
+
+Test(engine, d6_unacknowledged_cancel_ends_cancelled_and_loses_the_worker)
+{
+    ready(&W1, "k", 2);
+    const char *g = open_group(NULL);
+    const char *a = submit(g, "k");
+    const char *other = keep(submit(open_group(NULL), "k"));
+    cr_assert_eq(simple(CMD_CANCEL_JOB, a, NULL), 0);
+    for (int i = 0; i < 5; i++) { /* the worker heartbeats but never acknowledges */
+        NOW += 600;
+        cr_assert_eq(req(&W1, (struct cmd){.type = CMD_HEARTBEAT})->code, 0);
+    }
+    const struct tnode *n = child(tree(g), a);
+    cr_assert_eq(n->outcome, OUT_CANCELLED, "never retried");
+    cr_assert_eq(report(&W1, CMD_DONE, other, 1, "late"), CORRAL_EUNKNOWNWORKER,
+                 "its worker was declared lost");
 }
