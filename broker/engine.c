@@ -416,6 +416,8 @@ job_end(struct engine *e, struct job *j, enum outcome o)
         /* S6: the job's own deadline stopped it. fail_after raises TimeoutError (a real
          * failure, so its group fails fast); move_on_after ends normally, having caught
          * its cancellation. */
+        /* Either way the scope caught its own cancellation, as AnyIO's do. */
+        j->n.cancelled_caught = true;
         if (j->n.on_deadline == ON_DEADLINE_FAIL) {
             o = OUT_FAILED;
             free(j->err_type);
@@ -424,7 +426,6 @@ job_end(struct engine *e, struct job *j, enum outcome o)
             j->err_message = estrdup(DEADLINE_EXCEEDED);
         } else {
             o = OUT_SUCCEEDED;
-            j->n.cancelled_caught = true;
         }
     }
     if (j->n.state == ST_QUEUED)

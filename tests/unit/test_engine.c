@@ -779,6 +779,7 @@ Test(engine, s6_job_fail_after_fails_its_group_fast)
     cr_assert_eq(t->outcome, OUT_FAILED);
     cr_assert_str_eq(t->error->exceptions[0].type, "TimeoutError");
     cr_assert_str_eq(t->error->exceptions[0].job, timed);
+    cr_assert(child(t, timed)->cancelled_caught, "fail_after caught its cancellation");
 }
 
 Test(engine, s6_job_move_on_ends_succeeded_and_effective_deadline_is_dispatched)
