@@ -266,9 +266,9 @@ client_send_request(struct corral_client *c, Corral__V1__Envelope *env, uint64_t
 }
 
 /* Sends env (borrowed) as request id and waits up to timeout_ms (negative: forever) for
- * its reply. On success returns the Reply's envelope in *out (may be NULL to discard),
- * borrowed from c's arena until the next frame is read. A broker error code is returned
- * as is, with its message kept for last_error. */
+ * its reply. When a Reply of this protocol version arrived, returns its envelope in *out
+ * (may be NULL to discard), borrowed from c's arena until the next frame is read, also
+ * with a broker error code, which is returned as is, its message kept for last_error. */
 int
 client_call_id(struct corral_client *c, Corral__V1__Envelope *env, uint64_t id, int timeout_ms,
                const Corral__V1__Envelope **out)
@@ -299,6 +299,8 @@ client_call_id(struct corral_client *c, Corral__V1__Envelope *env, uint64_t id, 
         set_error(c, "reply with protocol version %u", (unsigned)rep->version);
         return CORRAL_EPROTO;
     }
+    if (out != NULL)
+        *out = rep;
     if (rc != CORRAL_OK) {
         if (rc == CORRAL_EPROTO)
             set_error(c, "reply with unknown code %d", (int)r->code);
@@ -311,8 +313,6 @@ client_call_id(struct corral_client *c, Corral__V1__Envelope *env, uint64_t id, 
             set_error_static(c, corral_strerror(rc));
         return rc;
     }
-    if (out != NULL)
-        *out = rep;
     return CORRAL_OK;
 }
 
@@ -520,7 +520,7 @@ int
 corral_submit(struct corral_client *c, const char *group, const char *kind, const void *payload,
               size_t len, char id_out[CORRAL_ID_MAX], bool *cancelled)
 {
-    return corral_submit_scoped(c, group, kind, payload, len, NULL, id_out, cancelled);
+    return corral_submit_opts(c, group, kind, payload, len, NULL, id_out, cancelled);
 }
 
 /* Borrows every argument; writes the job's id into id_out. */
@@ -528,6 +528,47 @@ int
 corral_submit_scoped(struct corral_client *c, const char *group, const char *kind,
                      const void *payload, size_t len, const struct corral_scope *scope,
                      char id_out[CORRAL_ID_MAX], bool *cancelled)
+{
+    struct corral_submit_opts opts;
+
+    memset(&opts, 0, sizeof opts);
+    if (scope != NULL)
+        opts.scope = *scope;
+    return corral_submit_opts(c, group, kind, payload, len, &opts, id_out, cancelled);
+}
+
+/* Whether the arguments of a submission (borrowed) are valid. */
+static bool
+submit_valid(const char *group, const char *kind, const void *payload, size_t len,
+             const struct corral_submit_opts *opts)
+{
+    return client_nonempty(group) && client_nonempty(kind) && (payload != NULL || len == 0) &&
+           (opts == NULL || scope_valid(&opts->scope));
+}
+
+/* Fills env and body (borrowed) for a submission with opts (borrowed; NULL: none), the
+ * scope in *pb_scope; everything points into the borrowed arguments. All-zero options
+ * leave the fields unset, so the request is byte for byte a plain corral_submit's. */
+static void
+fill_submit_env(Corral__V1__Envelope *env, Corral__V1__Submit *body, Corral__V1__Scope *pb_scope,
+                const char *group, const char *kind, const void *payload, size_t len,
+                const struct corral_submit_opts *opts)
+{
+    client_fill_submit(body, group, kind, payload, len);
+    if (opts != NULL) {
+        body->scope = fill_scope(pb_scope, &opts->scope);
+        body->max_attempts = opts->max_attempts;
+        body->backoff_ms = opts->backoff_ms;
+    }
+    env->body_case = CORRAL__V1__ENVELOPE__BODY_SUBMIT;
+    env->submit = body;
+}
+
+/* Borrows every argument; writes the job's id into id_out. */
+int
+corral_submit_opts(struct corral_client *c, const char *group, const char *kind,
+                   const void *payload, size_t len, const struct corral_submit_opts *opts,
+                   char id_out[CORRAL_ID_MAX], bool *cancelled)
 {
     int rc;
     Corral__V1__Envelope env = CORRAL__V1__ENVELOPE__INIT;
@@ -537,16 +578,105 @@ corral_submit_scoped(struct corral_client *c, const char *group, const char *kin
 
     if (c == NULL)
         return CORRAL_EINVAL;
-    if (!client_nonempty(group) || !client_nonempty(kind) || (payload == NULL && len > 0) ||
-        id_out == NULL || !scope_valid(scope))
+    if (!submit_valid(group, kind, payload, len, opts) || id_out == NULL)
         return client_fail_local(c, CORRAL_EINVAL);
-    client_fill_submit(&body, group, kind, payload, len);
-    body.scope = fill_scope(&pb_scope, scope);
-    env.body_case = CORRAL__V1__ENVELOPE__BODY_SUBMIT;
-    env.submit = &body;
+    fill_submit_env(&env, &body, &pb_scope, group, kind, payload, len, opts);
     rc = call(c, &env, c->timeout_ms, &rep);
     if (rc == CORRAL_OK)
         rc = take_id(c, rep, id_out, cancelled);
+    return rc;
+}
+
+/* Copies what the reply r (borrowed) to a start says into the caller's out-parameters, per
+ * its code rc (see corral.h); named says whether id holds the job's id. Returns rc, or a
+ * local error (the reply then cannot be told in full, but id_out is still written). */
+static int
+take_start(struct corral_client *c, const Corral__V1__Reply *r, int rc, bool named, const char *id,
+           void **value, size_t *value_len, struct corral_error **error)
+{
+    if (rc == CORRAL_OK) {
+        uint8_t *v;
+
+        if (!named) {
+            set_error_static(c, "reply without a valid id");
+            return CORRAL_EPROTO;
+        }
+        if (value == NULL) {
+            if (value_len != NULL)
+                *value_len = r->value.len;
+            return CORRAL_OK;
+        }
+        v = codec_dup_bytes(r->value.data, r->value.len);
+        if (v == NULL)
+            return client_fail_local(c, CORRAL_ENOMEM);
+        *value = v;
+        if (value_len != NULL)
+            *value_len = r->value.len;
+        return CORRAL_OK;
+    }
+    if (rc == CORRAL_ESTARTFAILED && error != NULL) {
+        Corral__V1__Error bare = CORRAL__V1__ERROR__INIT;
+        const Corral__V1__Error *pe = r->error;
+        int erc;
+
+        if (pe == NULL) {
+            /* A reply without the error: say what is known, as a job's error. */
+            bare.type = (char *)"Error";
+            bare.message = r->message;
+            bare.job = (char *)(named ? id : "");
+            pe = &bare;
+        }
+        erc = codec_error_new(error, pe);
+        if (erc == CORRAL_EPROTO) {
+            set_error_static(c, "malformed error in reply");
+            return erc;
+        }
+        if (erc != CORRAL_OK)
+            return client_fail_local(c, erc);
+    }
+    return rc;
+}
+
+/* Borrows every argument; blocks until the job signals readiness or timeout_ms passes. A
+ * reply that comes after the timeout is dropped by route_frame, as any reply nobody waits
+ * for. */
+int
+corral_start(struct corral_client *c, const char *group, const char *kind, const void *payload,
+             size_t len, const struct corral_submit_opts *opts, int timeout_ms,
+             char id_out[CORRAL_ID_MAX], void **value, size_t *value_len,
+             struct corral_error **error)
+{
+    int rc;
+    bool named;
+    char id[CORRAL_ID_MAX];
+    Corral__V1__Envelope env = CORRAL__V1__ENVELOPE__INIT;
+    Corral__V1__Submit body = CORRAL__V1__SUBMIT__INIT;
+    Corral__V1__Scope pb_scope = CORRAL__V1__SCOPE__INIT;
+    const Corral__V1__Envelope *rep = NULL;
+
+    if (c == NULL)
+        return CORRAL_EINVAL;
+    if (!submit_valid(group, kind, payload, len, opts))
+        return client_fail_local(c, CORRAL_EINVAL);
+    fill_submit_env(&env, &body, &pb_scope, group, kind, payload, len, opts);
+    body.wait_started = true;
+    rc = call(c, &env, timeout_ms, &rep);
+    if (rc == CORRAL_ETIMEDOUT) {
+        set_error(c,
+                  "no answer within %d ms: the job has not signalled readiness (it keeps "
+                  "running), or the broker is unreachable",
+                  timeout_ms);
+        return rc;
+    }
+    if (rep == NULL)
+        return rc; /* never sent, or no readable reply: the error is recorded */
+    named = codec_copy_id(id, rep->reply->id) == CORRAL_OK;
+    if (rc != CORRAL_OK && rc != CORRAL_ESTARTFAILED && rc != CORRAL_ESTARTCANCELLED &&
+        rc != CORRAL_ENOTSTARTED)
+        return rc; /* refused: nothing was submitted */
+    rc = take_start(c, rep->reply, rc, named, id, value, value_len, error);
+    if (named && id_out != NULL)
+        memcpy(id_out, id, sizeof id);
     return rc;
 }
 

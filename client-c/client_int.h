@@ -120,9 +120,11 @@ int client_send_request(struct corral_client *c, Corral__V1__Envelope *env, uint
                         uint64_t deadline);
 
 /* Sends env (borrowed) as request id and waits up to timeout_ms (negative: forever) for
- * its reply, setting c's (borrowed) last error on failure. On success returns the
- * Reply's envelope in *out (may be NULL to discard), borrowed from c's arena until the
- * next frame is read. A broker error code is returned as is. */
+ * its reply, setting c's (borrowed) last error on failure. When a Reply of this protocol
+ * version arrived (also with a broker error code, which is returned as is), returns its
+ * envelope in *out (may be NULL to discard), borrowed from c's arena until the next frame
+ * is read; *out is untouched otherwise. A reply that comes after the timeout is dropped
+ * when it arrives (it is nobody's). */
 int client_call_id(struct corral_client *c, Corral__V1__Envelope *env, uint64_t id, int timeout_ms,
                    const Corral__V1__Envelope **out);
 

@@ -459,6 +459,35 @@ out:
     return rc;
 }
 
+/* Borrows pb; returns an owned *out (see codec.h). */
+int
+codec_error_new(struct corral_error **out, const Corral__V1__Error *pb)
+{
+    int rc;
+    struct corral_error *e = malloc(sizeof *e);
+
+    if (e == NULL)
+        return CORRAL_ENOMEM;
+    rc = error_fill(e, pb, 0);
+    if (rc != CORRAL_OK) {
+        free(e);
+        return rc;
+    }
+    *out = e;
+    return CORRAL_OK;
+}
+
+/* Frees an error returned by the library (takes ownership); accepts NULL, sets NULL. */
+void
+corral_error_free(struct corral_error **p)
+{
+    if (p == NULL || *p == NULL)
+        return;
+    error_clear(*p);
+    free(*p);
+    *p = NULL;
+}
+
 /* ------------------------------------------------------------------ nodes */
 
 /* Maps a wire state to the library's; unknown values read as UNSPECIFIED. */
@@ -587,6 +616,9 @@ node_fill(struct corral_node *dst, const Corral__V1__Node *pb, int depth)
     dst->on_deadline = map_on_deadline((int)pb->on_deadline);
     dst->shield = pb->shield != 0;
     dst->effective_deadline_unix_ms = pb->effective_deadline_unix_ms;
+    dst->max_attempts = pb->max_attempts;
+    dst->next_attempt_unix_ms = pb->next_attempt_unix_ms;
+    dst->started = pb->started != 0;
     if ((rc = dup_req(pb->id, &dst->id)) != CORRAL_OK ||
         (rc = dup_opt(pb->parent, &dst->parent)) != CORRAL_OK ||
         (rc = dup_opt(pb->cancel_reason, &dst->cancel_reason)) != CORRAL_OK)

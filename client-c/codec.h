@@ -65,6 +65,11 @@ int codec_copy_id(char out[CORRAL_ID_MAX], const char *id);
  * CODEC_MAX_DEPTH, CORRAL_ENOMEM. */
 int codec_node_new(struct corral_node **out, const Corral__V1__Node *pb);
 
+/* Deep copy of an Error (borrowed) and its sub-exceptions. Returns owned *out
+ * (corral_error_free). CORRAL_EPROTO for nesting deeper than CODEC_MAX_DEPTH or a missing
+ * sub-exception, CORRAL_ENOMEM. */
+int codec_error_new(struct corral_error **out, const Corral__V1__Error *pb);
+
 /* Deep copy of an Event (borrowed). Returns owned *out (corral_event_free).
  * CORRAL_EPROTO for an unknown event type, a missing node or a subscription id that does
  * not fit, CORRAL_ENOMEM. */

@@ -169,10 +169,21 @@ struct corral_node {
     /* The earliest deadline of the node and its enclosing scopes up to the nearest shielded
      * one (whose own deadline counts); 0: none. */
     uint64_t effective_deadline_unix_ms;
+    /* Jobs: the most attempts the job gets (S13); 0 from a broker that predates retries. */
+    uint32_t max_attempts;
+    /* Jobs in CORRAL_STATE_RETRY_WAIT: when the next attempt is queued, ms since the Unix
+     * epoch; 0 otherwise. */
+    uint64_t next_attempt_unix_ms;
+    /* Jobs: the current attempt has called started() (corral_job_started). */
+    bool started;
 };
 
 /* Frees a tree returned by the library. */
 CORRAL_API void corral_node_free(struct corral_node **p);
+
+/* Frees an error returned owned by the library (corral_start), with its sub-exceptions.
+ * Accepts NULL and a NULL *p; sets *p to NULL. */
+CORRAL_API void corral_error_free(struct corral_error **p);
 
 /* ------------------------------------------------------------------ client */
 
@@ -217,6 +228,59 @@ CORRAL_API int corral_submit_scoped(struct corral_client *c, const char *group, 
                                     const void *payload, size_t len,
                                     const struct corral_scope *scope, char id_out[CORRAL_ID_MAX],
                                     bool *cancelled);
+
+/* Options of a submission. Zero-initialise (= no scope, the broker's retry defaults);
+ * fields may be added at the end. */
+struct corral_submit_opts {
+    struct corral_scope scope; /* deadline and shield of the job (see corral_submit_scoped) */
+    /* How many times the job may run in all (S13): it is tried again when its worker is
+     * lost or it fails as retryable (corral_job_fail_retryable) while attempts remain.
+     * 0: the broker's default (3). */
+    uint32_t max_attempts;
+    /* The wait before the first retry; it doubles with each attempt (with up to 10% jitter),
+     * at most 60 s. 0: the broker's default (1 s). */
+    uint64_t backoff_ms;
+};
+
+/* corral_submit with the options *opts (borrowed; NULL or all zero: the very request of
+ * corral_submit). Every argument is borrowed; writes the job's id into id_out and sets
+ * *cancelled (may be NULL) as corral_submit does. Blocks up to the client's timeout.
+ * Errors as corral_submit_scoped (CORRAL_EINVAL, nothing sent, for an invalid scope). A
+ * broker that predates retries ignores max_attempts and backoff_ms. */
+CORRAL_API int corral_submit_opts(struct corral_client *c, const char *group, const char *kind,
+                                  const void *payload, size_t len,
+                                  const struct corral_submit_opts *opts, char id_out[CORRAL_ID_MAX],
+                                  bool *cancelled);
+
+/* AnyIO's tg.start(): submits a job (as corral_submit_opts, opts may be NULL) asking the
+ * broker to answer once the job has signalled readiness, and blocks until then or until
+ * timeout_ms passes (negative: forever; it bounds sending the request too, as for
+ * corral_group_wait). The job belongs to the group from its submission (D2): it runs on
+ * whatever this call returns, and only a cancel stops it.
+ *   CORRAL_OK: the job called started(value) and keeps running. *value (may be NULL: not
+ *     wanted) is returned owned (free()), NUL-terminated after its *value_len bytes (may
+ *     be NULL), never NULL itself, even for an empty value.
+ *   CORRAL_ESTARTFAILED: the job failed before started(); *error (may be NULL: not
+ *     wanted) is its error, returned owned (corral_error_free). The failure does not
+ *     fail or cancel the group (S9).
+ *   CORRAL_ESTARTCANCELLED: the job was cancelled first (also at once, when the group was
+ *     already cancelled).
+ *   CORRAL_ENOTSTARTED: the job ended (succeeded) without calling started().
+ *   CORRAL_ETIMEDOUT: no answer within timeout_ms. The job, if the broker got the
+ *     request, keeps running; a later answer is dropped. id_out is not known then.
+ *   Or any error of corral_submit (CORRAL_ENOTACTIVE, CORRAL_ENOTFOUND, CORRAL_EINVAL...).
+ * id_out (may be NULL) is written whenever the broker named the job: on CORRAL_OK and
+ * the three CORRAL_ESTART... / CORRAL_ENOTSTARTED codes (and on CORRAL_ENOMEM or
+ * CORRAL_EPROTO when the value or the error in such a reply could not be copied).
+ * *value, *value_len and *error are untouched on other returns. corral_client_last_error
+ * gives the broker's message. While it waits, replies to pipelined submits and events are
+ * queued as by any call. The broker keeps the pending answer in memory only: if it
+ * restarts meanwhile, no answer comes (as for corral_group_wait), so a caller that must
+ * not hang gives a timeout. */
+CORRAL_API int corral_start(struct corral_client *c, const char *group, const char *kind,
+                            const void *payload, size_t len, const struct corral_submit_opts *opts,
+                            int timeout_ms, char id_out[CORRAL_ID_MAX], void **value,
+                            size_t *value_len, struct corral_error **error);
 
 /* Closes a group (the owner left its block). Idempotent. */
 CORRAL_API int corral_group_close(struct corral_client *c, const char *group);
@@ -347,6 +411,26 @@ CORRAL_API int corral_job_done(struct corral_job *j, const void *result, size_t 
 CORRAL_API int corral_job_fail(struct corral_job *j, const char *type, const char *message,
                                const void *details, size_t len);
 CORRAL_API int corral_job_ack_cancel(struct corral_job *j);
+
+/* Reports a failure that should be tried again (S13): like corral_job_fail, but the broker
+ * runs the job again (a new attempt, after its backoff, in state CORRAL_STATE_RETRY_WAIT
+ * meanwhile) while attempts remain; at max_attempts the job ends FAILED with this error.
+ * Same arguments (borrowed), returns and delivery as corral_job_fail. */
+CORRAL_API int corral_job_fail_retryable(struct corral_job *j, const char *type,
+                                         const char *message, const void *details, size_t len);
+
+/* Opens a group owned by the running job j (its parent is the job, S4/D5) through the
+ * client c: cancelling the job reaches the group, and the job's outcome waits for the
+ * group to end (a job that ends while the group is open closes it). Same as
+ * corral_group_open_scoped(c, NULL, corral_job_id(j), scope, id_out, cancelled): j and
+ * scope (may be NULL) are borrowed, the id is written into id_out, *cancelled (may be
+ * NULL) is set when the job is already being cancelled; blocks up to c's timeout, with
+ * its errors (CORRAL_ENOTACTIVE: the job has ended; CORRAL_EWRONGSTATE: it is not running,
+ * e.g. waiting for a retry). c is an ordinary client (one per thread); j is only read, so
+ * this may run on any thread while the worker reports other jobs. */
+CORRAL_API int corral_job_open_group(struct corral_job *j, struct corral_client *c,
+                                     const struct corral_scope *scope, char id_out[CORRAL_ID_MAX],
+                                     bool *cancelled);
 
 /* Frees a job. A job freed without a report stays RUNNING at the broker. */
 CORRAL_API void corral_job_free(struct corral_job **p);

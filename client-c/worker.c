@@ -1,7 +1,8 @@
 /* worker.c - struct corral_worker and struct corral_job: the public API of corral.h's
  * worker section, run by API threads. Creating and freeing the worker (which starts and
  * joins the background thread of worker_thread.c), taking dispatched jobs from the queue,
- * the job accessors, and queueing Started and final reports for the thread. API threads
+ * the job accessors, queueing Started and final reports (retryable or not) for the thread,
+ * and opening a group owned by a job through a client. API threads
  * never touch the socket. See worker_int.h for how the two sides meet. */
 #include "worker_int.h"
 
@@ -519,10 +520,11 @@ corral_job_done(struct corral_job *j, const void *result, size_t len)
     return rc;
 }
 
-/* Borrows type (NULL: "Error"), message (NULL: "") and details. */
-int
-corral_job_fail(struct corral_job *j, const char *type, const char *message, const void *details,
-                size_t len)
+/* Queues j's Failed report (type NULL: "Error", message NULL: "", details: all borrowed),
+ * retryable or not. */
+static int
+report_failed(struct corral_job *j, const char *type, const char *message, const void *details,
+              size_t len, bool retryable)
 {
     int rc = CORRAL_OK;
     struct req *r = NULL;
@@ -534,6 +536,7 @@ corral_job_fail(struct corral_job *j, const char *type, const char *message, con
         return CORRAL_ENOMEM;
     r->type = worker_dup_str(type != NULL && type[0] != '\0' ? type : "Error");
     r->message = worker_dup_str(message);
+    r->retryable = retryable;
     if (r->type == NULL || r->message == NULL) {
         rc = CORRAL_ENOMEM;
         goto out;
@@ -544,6 +547,33 @@ corral_job_fail(struct corral_job *j, const char *type, const char *message, con
 out:
     worker_req_free(r);
     return rc;
+}
+
+/* Borrows type (NULL: "Error"), message (NULL: "") and details. */
+int
+corral_job_fail(struct corral_job *j, const char *type, const char *message, const void *details,
+                size_t len)
+{
+    return report_failed(j, type, message, details, len, false);
+}
+
+/* Borrows type (NULL: "Error"), message (NULL: "") and details; the broker tries the job
+ * again while attempts remain. */
+int
+corral_job_fail_retryable(struct corral_job *j, const char *type, const char *message,
+                          const void *details, size_t len)
+{
+    return report_failed(j, type, message, details, len, true);
+}
+
+/* Borrows j and scope; c is used as by any of its calls (its thread). */
+int
+corral_job_open_group(struct corral_job *j, struct corral_client *c,
+                      const struct corral_scope *scope, char id_out[CORRAL_ID_MAX], bool *cancelled)
+{
+    if (j == NULL || c == NULL)
+        return CORRAL_EINVAL;
+    return corral_group_open_scoped(c, NULL, j->id, scope, id_out, cancelled);
 }
 
 /* Reports that the cancelled job has stopped. CORRAL_EWRONGSTATE before any cancel. */

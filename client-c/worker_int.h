@@ -51,8 +51,9 @@ struct req {
     uint32_t attempt;
     uint8_t *data; /* value, result or details: owned, NULL when empty */
     size_t len;
-    char *type;    /* Failed: owned */
-    char *message; /* Failed: owned */
+    char *type;     /* Failed: owned */
+    char *message;  /* Failed: owned */
+    bool retryable; /* Failed: try the job again if attempts remain (S13) */
     /* thread only */
     struct req *prev;
     struct reqlist *list; /* the thread's list it is on; NULL: none */

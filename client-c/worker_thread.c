@@ -163,6 +163,7 @@ send_req(struct corral_worker *w, struct req *r, uint64_t *id)
         failed.message = r->message;
         failed.details.data = r->data;
         failed.details.len = r->len;
+        failed.retryable = r->retryable;
         env.body_case = CORRAL__V1__ENVELOPE__BODY_FAILED;
         env.failed = &failed;
         break;
