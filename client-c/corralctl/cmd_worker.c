@@ -1,13 +1,18 @@
 /* cmd_worker.c - "corralctl worker": one single-threaded poll() loop that takes jobs from
  * libcorral, runs the command once per job in its own process group, feeds the payload to
- * its stdin, captures its stdout (the result) and the tail of its stderr, relays cancels
- * as SIGTERM then SIGKILL, and reports each job's end (DESIGN D9).
+ * its stdin, captures its stdout (the result) and the tail of its stderr, sends the first
+ * line it writes to file descriptor 3 as started(value) (s6-style readiness, S9), relays
+ * cancels as SIGTERM then SIGKILL, and reports each job's end (DESIGN D9; exit 75,
+ * EX_TEMPFAIL, is a failure to retry, S13).
  *
  * The loop watches: the worker's fd (only while a slot is free), each child's stdin,
- * stdout and stderr pipes, each running job's cancel fd, and a signalfd for SIGCHLD,
- * SIGTERM and SIGINT. A command is finished once its process has exited: what is left of
- * its process group is then killed, it is reaped, and its pipes are drained of what it
- * wrote and closed (a background process that kept them open does not hold the job). */
+ * stdout, stderr and readiness pipes, each running job's cancel fd, and a signalfd for
+ * SIGCHLD, SIGTERM and SIGINT. started() is the one call that waits for the broker (a
+ * round trip, at most libcorral's 5 s when the broker does not answer): the loop waits
+ * with it, so that the readiness of a job always reaches the broker before its end. A command is
+ * finished once its process has exited: what is left of its process group is then killed, it is
+ * reaped, and its pipes are drained of what it wrote and closed (a background process that kept
+ * them open does not hold the job). */
 #include "cmd_worker.h"
 
 #include <errno.h>
@@ -33,12 +38,16 @@ extern char **environ;
 #define EXIT_USAGE       64
 #define EXIT_UNAVAILABLE 69
 #define EXIT_OSERR       71
+#define EXIT_TEMPFAIL    75 /* EX_TEMPFAIL: a command's failure to try again */
+
+#define READY_FD 3 /* the command's end of its readiness pipe */
 
 #define STDERR_TAIL  2048               /* bytes of stderr kept per job */
 #define MESSAGE_TAIL 500                /* bytes of that tail put in an ExitStatus message */
 #define RESULT_MAX   ((size_t)64 << 20) /* stdout captured per job */
 #define IO_CHUNK     65536
-#define DRAIN_READS  1024 /* reads of a reaped child's pipes, at most */
+#define DRAIN_READS  1024               /* reads of a reaped child's pipes, at most */
+#define READY_MAX    ((size_t)64 << 10) /* a longer readiness line is cut to this */
 
 /* Environment variables given to each command (any inherited value is replaced).
  * CORRAL_DEADLINE: the job's effective deadline in RFC 3339 (UTC), "" when none. */
@@ -57,6 +66,7 @@ struct slot {
     int in_fd;     /* our end of its stdin, -1 once closed */
     int out_fd;    /* our end of its stdout, -1 once closed */
     int err_fd;    /* our end of its stderr, -1 once closed */
+    int rdy_fd;    /* our end of its fd 3, -1 once closed */
     size_t in_off; /* payload bytes written */
     char *out;     /* captured stdout (owned) */
     size_t out_len, out_cap;
@@ -64,6 +74,9 @@ struct slot {
     char err[STDERR_TAIL]; /* the last bytes of stderr */
     size_t err_len;
     bool err_dropped;  /* older stderr bytes were dropped */
+    char *rdy;         /* the readiness line so far (owned) */
+    size_t rdy_len;    /* bytes in rdy (its capacity is READY_MAX) */
+    bool rdy_sent;     /* the line was sent: later bytes are read and dropped */
     bool cancel_seen;  /* the broker's cancel reached us */
     bool stop_kill;    /* signalled because corralctl is stopping, not by a cancel */
     bool term_sent;    /* SIGTERM sent to the group */
@@ -73,7 +86,7 @@ struct slot {
 };
 
 /* Which pipe or fd of a slot a poll entry watches. */
-enum watch { W_WORKER, W_SIGNAL, W_IN, W_OUT, W_ERR, W_CANCEL };
+enum watch { W_WORKER, W_SIGNAL, W_IN, W_OUT, W_ERR, W_READY, W_CANCEL };
 
 struct loop {
     const struct cmd_worker_opts *o;
@@ -187,23 +200,26 @@ build_env(const struct loop *l, const struct corral_job *job)
     return env;
 }
 
-/* In the forked child: wires the pipes to fds 0-2, restores signals, runs the command.
+/* In the forked child: wires the pipes to fds 0-3, restores signals, runs the command.
  * Only async-signal-safe calls: the parent has other threads. Never returns. */
 __attribute__((noreturn)) static void
-child_exec(int in, int out, int err, char *const argv[], char *const envp[])
+child_exec(int in, int out, int err, int rdy, char *const argv[], char *const envp[])
 {
     sigset_t none;
     struct sigaction dfl;
     memset(&dfl, 0, sizeof(dfl));
     dfl.sa_handler = SIG_DFL;
     setpgid(0, 0);
-    if (dup2(in, 0) < 0 || dup2(out, 1) < 0 || dup2(err, 2) < 0)
+    /* Fd 3 last: the others are above 2 (fds 0-2 are open), so they may sit on 3. A pipe
+     * already on 3 keeps its close-on-exec flag through dup2, hence the fcntl. */
+    if (dup2(in, 0) < 0 || dup2(out, 1) < 0 || dup2(err, 2) < 0 || dup2(rdy, READY_FD) < 0 ||
+        fcntl(READY_FD, F_SETFD, 0) < 0)
         _exit(127);
     sigaction(SIGTERM, &dfl, NULL);
     sigaction(SIGPIPE, &dfl, NULL);
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
-    close_range(3, ~0U, 0); /* every fd of ours is CLOEXEC too; this is belt and braces */
+    close_range(READY_FD + 1, ~0U, 0); /* every fd of ours is CLOEXEC too: belt and braces */
     execvpe(argv[0], argv, envp);
     int e = errno;
     const char *why = strerrordesc_np(e);
@@ -229,12 +245,14 @@ set_nonblock(int fd)
 static int
 spawn(struct loop *l, struct slot *s)
 {
-    int p_in[2] = {-1, -1}, p_out[2] = {-1, -1}, p_err[2] = {-1, -1};
+    int p_in[2] = {-1, -1}, p_out[2] = {-1, -1}, p_err[2] = {-1, -1}, p_rdy[2] = {-1, -1};
     char **env = NULL;
     int rc = -1, saved = 0;
-    if (pipe2(p_in, O_CLOEXEC) < 0 || pipe2(p_out, O_CLOEXEC) < 0 || pipe2(p_err, O_CLOEXEC) < 0)
+    if (pipe2(p_in, O_CLOEXEC) < 0 || pipe2(p_out, O_CLOEXEC) < 0 || pipe2(p_err, O_CLOEXEC) < 0 ||
+        pipe2(p_rdy, O_CLOEXEC) < 0)
         goto out;
-    if (set_nonblock(p_in[1]) < 0 || set_nonblock(p_out[0]) < 0 || set_nonblock(p_err[0]) < 0)
+    if (set_nonblock(p_in[1]) < 0 || set_nonblock(p_out[0]) < 0 || set_nonblock(p_err[0]) < 0 ||
+        set_nonblock(p_rdy[0]) < 0)
         goto out;
     env = build_env(l, s->job);
     if (env == NULL) {
@@ -245,7 +263,7 @@ spawn(struct loop *l, struct slot *s)
     if (pid < 0)
         goto out;
     if (pid == 0)
-        child_exec(p_in[0], p_out[1], p_err[1], l->o->argv, env);
+        child_exec(p_in[0], p_out[1], p_err[1], p_rdy[1], l->o->argv, env);
     /* Also set here, so a cancel right after fork already finds the group. EACCES: the
      * child has exec'd (and set it itself); ESRCH: it has already exited. */
     if (setpgid(pid, pid) < 0 && errno != EACCES && errno != ESRCH)
@@ -254,7 +272,8 @@ spawn(struct loop *l, struct slot *s)
     s->in_fd = p_in[1];
     s->out_fd = p_out[0];
     s->err_fd = p_err[0];
-    p_in[1] = p_out[0] = p_err[0] = -1;
+    s->rdy_fd = p_rdy[0];
+    p_in[1] = p_out[0] = p_err[0] = p_rdy[0] = -1;
     s->start_ms = clock_mono_ms();
     size_t plen = 0;
     corral_job_payload(s->job, &plen);
@@ -268,6 +287,7 @@ out:
         close_fd(&p_in[i]);
         close_fd(&p_out[i]);
         close_fd(&p_err[i]);
+        close_fd(&p_rdy[i]);
     }
     errno = saved;
     return rc;
@@ -364,6 +384,64 @@ read_pipe(struct slot *s, int *fd, bool is_stdout, unsigned max_reads)
         if (n < 0 && errno == EAGAIN)
             return;
         close_fd(fd); /* end of file, or an error */
+    }
+}
+
+/* Sends the readiness line (its first READY_MAX bytes) as the job's started() value, once;
+ * waits for the broker's answer (see the top of the file). */
+static void
+send_ready(const struct loop *l, struct slot *s)
+{
+    s->rdy_sent = true;
+    int err = corral_job_started(s->job, s->rdy != NULL ? s->rdy : "", s->rdy_len);
+    if (err != CORRAL_OK)
+        say("job %s: started() not taken: %s", corral_job_id(s->job), corral_strerror(err));
+    else if (l->o->verbose)
+        say("job %s attempt %" PRIu32 " [%s]: started (%zu bytes)", corral_job_id(s->job),
+            corral_job_attempt(s->job), corral_job_kind(s->job), s->rdy_len);
+    free(s->rdy);
+    s->rdy = NULL;
+    s->rdy_len = 0;
+}
+
+/* Reads what is available on the command's readiness pipe (at most max_reads reads):
+ * the first line, without its newline, is sent as started() the moment it is complete (or
+ * reaches READY_MAX bytes); later bytes are dropped, and a partial line left at end of
+ * file is dropped too. Closes the pipe at end of file or on error. */
+static void
+read_ready(const struct loop *l, struct slot *s, unsigned max_reads)
+{
+    char buf[IO_CHUNK];
+    for (unsigned i = 0; s->rdy_fd >= 0 && i < max_reads; i++) {
+        ssize_t n = read(s->rdy_fd, buf, sizeof(buf));
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && errno == EAGAIN)
+            return;
+        if (n <= 0) {
+            close_fd(&s->rdy_fd); /* end of file, or an error */
+            break;
+        }
+        if (s->rdy_sent)
+            continue;
+        const char *nl = memchr(buf, '\n', (size_t)n);
+        size_t take = nl != NULL ? (size_t)(nl - buf) : (size_t)n;
+        if (take > READY_MAX - s->rdy_len)
+            take = READY_MAX - s->rdy_len;
+        if (s->rdy == NULL && (s->rdy = malloc(READY_MAX)) == NULL) {
+            say("job %s: out of memory for its readiness line", corral_job_id(s->job));
+            s->rdy_sent = true; /* given up: not sent */
+            continue;
+        }
+        memcpy(s->rdy + s->rdy_len, buf, take);
+        s->rdy_len += take;
+        if (nl != NULL || s->rdy_len == READY_MAX)
+            send_ready(l, s);
+    }
+    if (s->rdy_fd < 0 && !s->rdy_sent) { /* closed without a line: nothing to say */
+        free(s->rdy);
+        s->rdy = NULL;
+        s->rdy_len = 0;
     }
 }
 
@@ -467,9 +545,11 @@ finish(struct loop *l, struct slot *s)
     /* Collect what it wrote before it exited; close what a grandchild may keep open. */
     read_pipe(s, &s->out_fd, true, DRAIN_READS);
     read_pipe(s, &s->err_fd, false, DRAIN_READS);
+    read_ready(l, s, DRAIN_READS); /* a line written just before the exit goes first */
     close_fd(&s->in_fd);
     close_fd(&s->out_fd);
     close_fd(&s->err_fd);
+    close_fd(&s->rdy_fd);
 
     struct corral_job *job = s->job;
     int st = s->status;
@@ -503,6 +583,11 @@ finish(struct loop *l, struct slot *s)
     } else if (s->stop_kill && !cancelled) {
         snprintf(how, sizeof(how), "exit status %d, not reported (worker stopping)",
                  WEXITSTATUS(st));
+    } else if (WEXITSTATUS(st) == EXIT_TEMPFAIL) {
+        /* EX_TEMPFAIL: the broker runs the job again while attempts remain (S13). */
+        exit_message(s, WEXITSTATUS(st), msg, sizeof(msg));
+        err = corral_job_fail_retryable(job, "ExitStatus", msg, NULL, 0);
+        snprintf(how, sizeof(how), "failed, to retry: exit status %d", WEXITSTATUS(st));
     } else {
         exit_message(s, WEXITSTATUS(st), msg, sizeof(msg));
         err = corral_job_fail(job, "ExitStatus", msg, NULL, 0);
@@ -516,8 +601,9 @@ finish(struct loop *l, struct slot *s)
     }
     corral_job_free(&s->job);
     free(s->out);
+    free(s->rdy);
     memset(s, 0, sizeof(*s));
-    s->in_fd = s->out_fd = s->err_fd = -1;
+    s->in_fd = s->out_fd = s->err_fd = s->rdy_fd = -1;
     l->running--;
 }
 
@@ -547,7 +633,8 @@ start_job(struct loop *l, struct corral_job *job)
         char msg[256];
         snprintf(msg, sizeof(msg), "cannot start %s: %s", l->o->argv[0], strerror(errno));
         say("job %s: %s", corral_job_id(job), msg);
-        check_report(job, corral_job_fail(job, "WorkerError", msg, NULL, 0));
+        /* Out of processes, fds or memory here: another try (maybe elsewhere) may work. */
+        check_report(job, corral_job_fail_retryable(job, "WorkerError", msg, NULL, 0));
         corral_job_free(&s->job);
         return;
     }
@@ -710,6 +797,8 @@ build_poll_set(struct loop *l)
             watch(l, &n, s->out_fd, POLLIN, W_OUT, i);
         if (s->err_fd >= 0)
             watch(l, &n, s->err_fd, POLLIN, W_ERR, i);
+        if (s->rdy_fd >= 0)
+            watch(l, &n, s->rdy_fd, POLLIN, W_READY, i);
         if (!s->cancel_seen)
             watch(l, &n, corral_job_cancel_fd(s->job), POLLIN, W_CANCEL, i);
     }
@@ -765,6 +854,9 @@ run_loop(struct loop *l)
             case W_ERR:
                 read_pipe(s, &s->err_fd, false, 16);
                 break;
+            case W_READY:
+                read_ready(l, s, 16);
+                break;
             case W_CANCEL:
                 s->cancel_seen = true;
                 terminate(l, s, now);
@@ -789,8 +881,10 @@ free_slots(struct loop *l)
         close_fd(&s->in_fd);
         close_fd(&s->out_fd);
         close_fd(&s->err_fd);
+        close_fd(&s->rdy_fd);
         corral_job_free(&s->job);
         free(s->out);
+        free(s->rdy);
     }
     free(l->slots);
     l->slots = NULL;
@@ -859,7 +953,7 @@ cmd_worker_run(const struct cmd_worker_opts *o)
     }
     for (char **e = environ; *e != NULL; e++)
         l.nbase_env++;
-    size_t nwatch = 2 + 4 * (size_t)o->concurrency;
+    size_t nwatch = 2 + 5 * (size_t)o->concurrency;
     l.slots = calloc(o->concurrency, sizeof(*l.slots));
     l.pfd = calloc(nwatch, sizeof(*l.pfd));
     l.what = calloc(nwatch, sizeof(*l.what));
@@ -869,7 +963,7 @@ cmd_worker_run(const struct cmd_worker_opts *o)
         goto out;
     }
     for (unsigned i = 0; i < o->concurrency; i++)
-        l.slots[i].in_fd = l.slots[i].out_fd = l.slots[i].err_fd = -1;
+        l.slots[i].in_fd = l.slots[i].out_fd = l.slots[i].err_fd = l.slots[i].rdy_fd = -1;
     int err = corral_worker_new(&l.w, o->worker_endpoint, o->kinds, o->nkinds, o->concurrency);
     if (err != CORRAL_OK) {
         say("cannot start the worker at %s: %s", o->worker_endpoint, corral_strerror(err));

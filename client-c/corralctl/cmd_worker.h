@@ -1,9 +1,12 @@
 /* cmd_worker.h - "corralctl worker": serve job kinds by running a command once per job.
  *
  * Each job runs CMD in its own process group with the payload on its stdin; its stdout
- * becomes the result and exit 0 means success, another exit a failure of type ExitStatus
- * (the status and the tail of stderr). A cancel sends SIGTERM to the process group, then
- * SIGKILL after the grace period, and reports how the command ended (DESIGN D9). */
+ * becomes the result and exit 0 means success, exit 75 (EX_TEMPFAIL) a failure to retry
+ * while attempts remain, another exit a failure of type ExitStatus (the status and the
+ * tail of stderr). The first line CMD writes to file descriptor 3 is sent as the job's
+ * started() value (readiness, as s6 services signal it). A cancel sends SIGTERM to the
+ * process group, then SIGKILL after the grace period, and reports how the command ended
+ * (DESIGN D9). */
 #ifndef CORRALCTL_CMD_WORKER_H
 #define CORRALCTL_CMD_WORKER_H
 

@@ -4,8 +4,10 @@
  * through libcorral, or the worker mode (cmd_worker.c), and maps the outcome to an exit
  * status: 0 success, 64 usage error, 65 the broker refused, 69 the broker did not answer
  * (or another transport failure); `group wait` exits 0/1/2 by outcome and 3 on its own
- * timeout. This is the only file of corralctl that decides the process's exit status. */
+ * timeout, `start` 1/2/4 by how the job ended before readiness and 3 on its own timeout.
+ * This is the only file of corralctl that decides the process's exit status. */
 #include <errno.h>
+#include <inttypes.h>
 #include <limits.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -35,6 +37,12 @@
 #define EXIT_WAIT_CANCELLED 2
 #define EXIT_WAIT_TIMEOUT   3
 
+/* `start` exit statuses. */
+#define EXIT_START_FAILED      1 /* the job failed before signalling readiness */
+#define EXIT_START_CANCELLED   2 /* it was cancelled first */
+#define EXIT_START_TIMEOUT     3 /* no readiness within --timeout */
+#define EXIT_START_NOT_STARTED 4 /* it ended without signalling readiness */
+
 #define DEFAULT_TIMEOUT_MS 5000
 #define DEFAULT_GRACE_MS   10000
 #define MAX_CONCURRENCY    65536
@@ -49,12 +57,14 @@ enum command {
     CMD_GROUP_WAIT,
     CMD_GROUP_SHOW,
     CMD_SUBMIT,
+    CMD_START,
     CMD_JOB_CANCEL,
     CMD_WORKER,
 };
 
 #define BIT(c)  (1u << (c))
 #define ALLCMDS (~0u)
+#define JOBCMDS (BIT(CMD_SUBMIT) | BIT(CMD_START)) /* commands that submit a job */
 
 enum opt {
     OPT_JSON,
@@ -75,6 +85,8 @@ enum opt {
     OPT_DEADLINE_AT,
     OPT_ON_DEADLINE,
     OPT_SHIELD,
+    OPT_MAX_ATTEMPTS,
+    OPT_BACKOFF,
     OPT_COUNT,
 };
 
@@ -93,17 +105,19 @@ static const struct optdef OPTDEFS[] = {
     {"timeout", OPT_TIMEOUT, true, ALLCMDS},
     {"parent", OPT_PARENT, true, BIT(CMD_GROUP_OPEN)},
     {"parent-job", OPT_PARENT_JOB, true, BIT(CMD_GROUP_OPEN)},
-    {"payload", OPT_PAYLOAD, true, BIT(CMD_SUBMIT)},
-    {"payload-file", OPT_PAYLOAD_FILE, true, BIT(CMD_SUBMIT)},
+    {"payload", OPT_PAYLOAD, true, JOBCMDS},
+    {"payload-file", OPT_PAYLOAD_FILE, true, JOBCMDS},
     {"reason", OPT_REASON, true, BIT(CMD_GROUP_CANCEL) | BIT(CMD_JOB_CANCEL)},
     {"kind", OPT_KIND, true, BIT(CMD_WORKER)},
     {"concurrency", OPT_CONCURRENCY, true, BIT(CMD_WORKER)},
     {"grace", OPT_GRACE, true, BIT(CMD_WORKER)},
     {"verbose", OPT_VERBOSE, false, BIT(CMD_WORKER)},
-    {"deadline", OPT_DEADLINE, true, BIT(CMD_GROUP_OPEN) | BIT(CMD_SUBMIT)},
-    {"deadline-at", OPT_DEADLINE_AT, true, BIT(CMD_GROUP_OPEN) | BIT(CMD_SUBMIT)},
-    {"on-deadline", OPT_ON_DEADLINE, true, BIT(CMD_GROUP_OPEN) | BIT(CMD_SUBMIT)},
-    {"shield", OPT_SHIELD, false, BIT(CMD_GROUP_OPEN) | BIT(CMD_SUBMIT)},
+    {"deadline", OPT_DEADLINE, true, BIT(CMD_GROUP_OPEN) | JOBCMDS},
+    {"deadline-at", OPT_DEADLINE_AT, true, BIT(CMD_GROUP_OPEN) | JOBCMDS},
+    {"on-deadline", OPT_ON_DEADLINE, true, BIT(CMD_GROUP_OPEN) | JOBCMDS},
+    {"shield", OPT_SHIELD, false, BIT(CMD_GROUP_OPEN) | JOBCMDS},
+    {"max-attempts", OPT_MAX_ATTEMPTS, true, JOBCMDS},
+    {"backoff", OPT_BACKOFF, true, JOBCMDS},
 };
 
 /* The parsed command line; strings borrow argv. */
@@ -132,8 +146,15 @@ static const char USAGE[] =
     "Commands:\n"
     "  group open [--parent GROUP | --parent-job JOB] [SCOPE]\n"
     "                                     open a group; prints its id\n"
-    "  submit GROUP KIND [--payload TEXT | --payload-file FILE] [SCOPE]\n"
+    "  submit GROUP KIND [--payload TEXT | --payload-file FILE] [SCOPE] [RETRY]\n"
     "                                     submit a job (FILE '-' = stdin); prints its id\n"
+    "  start GROUP KIND [--payload TEXT | --payload-file FILE] [SCOPE] [RETRY]\n"
+    "        [--timeout DURATION]\n"
+    "                                     submit a job and wait until it signals\n"
+    "                                     readiness (default: forever); print its\n"
+    "                                     started() value; exit 1 it failed first,\n"
+    "                                     2 cancelled first, 3 timeout (it runs on),\n"
+    "                                     4 it ended without signalling readiness\n"
     "  group close GROUP                  close a group (its owner left the block)\n"
     "  group cancel GROUP [--reason TEXT] cancel a group and its subtree\n"
     "  job cancel JOB [--reason TEXT]     cancel one job\n"
@@ -145,10 +166,12 @@ static const char USAGE[] =
     "  worker --kind KIND [--kind KIND...] [--concurrency N] [--grace DURATION]\n"
     "         [--verbose] -- CMD [ARG...]\n"
     "                                     run CMD once per job: payload on stdin, stdout\n"
-    "                                     is the result, exit 0 is success\n"
+    "                                     is the result, exit 0 is success, exit 75 a\n"
+    "                                     failure to retry; the first line CMD writes\n"
+    "                                     to fd 3 is its started() value\n"
     "  help                               show this help\n"
     "\n"
-    "SCOPE (group open, submit):\n"
+    "SCOPE (group open, submit, start):\n"
     "  --deadline DURATION     cancel the scope DURATION after the broker accepts it\n"
     "  --deadline-at TIME      cancel it at TIME, RFC 3339 (2026-11-23T10:00:00Z,\n"
     "                          2026-11-23T11:00:00.5+01:00)\n"
@@ -156,6 +179,11 @@ static const char USAGE[] =
     "                          at the deadline: fail (FAILED, TimeoutError; default) or\n"
     "                          move-on (SUCCEEDED, cancelled_caught)\n"
     "  --shield                cancellation from above does not reach it\n"
+    "\n"
+    "RETRY (submit, start): a lost worker or a retryable failure runs the job again\n"
+    "  --max-attempts N        attempts in all (default 3)\n"
+    "  --backoff DURATION      wait before the first retry, doubling (default 1s, at\n"
+    "                          most 60s)\n"
     "\n"
     "Options (anywhere on the line):\n"
     "  --json                  machine-readable output\n"
@@ -274,6 +302,7 @@ find_command(const struct args *a, size_t *nwords)
     } table[] = {
         {"help", NULL, CMD_HELP},
         {"submit", NULL, CMD_SUBMIT},
+        {"start", NULL, CMD_START},
         {"worker", NULL, CMD_WORKER},
         {"group", "open", CMD_GROUP_OPEN},
         {"group", "close", CMD_GROUP_CLOSE},
@@ -345,6 +374,31 @@ parse_scope(const struct args *a, struct corral_scope *out)
             return usage_error("bad --on-deadline '%s' (fail or move-on)", m);
     }
     out->shield = a->given[OPT_SHIELD];
+    return 0;
+}
+
+/* Reads the retry options (--max-attempts, --backoff) into *out. Returns 0 or EXIT_USAGE. */
+static int
+parse_retry(const struct args *a, struct corral_submit_opts *out)
+{
+    out->max_attempts = 0;
+    out->backoff_ms = 0;
+    if (a->given[OPT_MAX_ATTEMPTS]) {
+        const char *t = a->val[OPT_MAX_ATTEMPTS];
+        char *end = NULL;
+        errno = 0;
+        unsigned long long n = strtoull(t, &end, 10);
+        if (t[0] < '0' || t[0] > '9' || *end != '\0' || errno != 0 || n == 0 || n > UINT32_MAX)
+            return usage_error("bad --max-attempts '%s' (an integer from 1 to %" PRIu32 ")", t,
+                               UINT32_MAX);
+        out->max_attempts = (uint32_t)n;
+    }
+    if (a->given[OPT_BACKOFF]) {
+        if (parse_duration("backoff", a->val[OPT_BACKOFF], &out->backoff_ms) != 0)
+            return EXIT_USAGE;
+        if (out->backoff_ms == 0)
+            return usage_error("--backoff must be at least 1ms");
+    }
     return 0;
 }
 
@@ -501,6 +555,27 @@ out:
     return rc;
 }
 
+/* Reads the payload of submit or start (--payload or --payload-file; none: empty) into
+ * *out (owned, NUL-terminated, NULL when none) and *len. Returns 0 or an exit status
+ * after saying why. */
+static int
+load_payload(const struct args *a, char **out, size_t *len)
+{
+    *out = NULL;
+    *len = 0;
+    if (a->given[OPT_PAYLOAD_FILE])
+        return read_file(a->val[OPT_PAYLOAD_FILE], out, len);
+    if (a->given[OPT_PAYLOAD]) {
+        *out = strdup(a->val[OPT_PAYLOAD]);
+        if (*out == NULL) {
+            fputs("corralctl: out of memory\n", stderr);
+            return EXIT_OSERR;
+        }
+        *len = strlen(*out);
+    }
+    return 0;
+}
+
 /* Exit status of `group wait` for an ended group's outcome. */
 static int
 wait_status(const struct corral_node *tree)
@@ -519,6 +594,16 @@ wait_status(const struct corral_node *tree)
     }
 }
 
+/* Milliseconds left of a wait of wait_ms (negative: forever) begun at start. */
+static int
+wait_left(uint64_t start, int64_t wait_ms)
+{
+    if (wait_ms < 0)
+        return -1;
+    uint64_t spent = clock_mono_ms() - start;
+    return (uint64_t)wait_ms > spent ? ms_to_int((uint64_t)wait_ms - spent) : 0;
+}
+
 /* `group wait`: checks the group exists (bounded by the client timeout), then waits up to
  * wait_ms (negative: forever) in all. */
 static int
@@ -532,12 +617,7 @@ cmd_group_wait(const struct ctx *x, struct corral_client *c, const char *group, 
         return fail(x, c, err);
     if (tree->state != CORRAL_STATE_ENDED) {
         corral_node_free(&tree);
-        int remaining = -1;
-        if (wait_ms >= 0) {
-            uint64_t spent = clock_mono_ms() - start;
-            remaining = (uint64_t)wait_ms > spent ? ms_to_int((uint64_t)wait_ms - spent) : 0;
-        }
-        err = corral_group_wait(c, group, remaining, &tree);
+        err = corral_group_wait(c, group, wait_left(start, wait_ms), &tree);
         if (err == CORRAL_ETIMEDOUT) {
             fprintf(stderr, "corralctl: group %s did not end within %s\n", group, wait_text);
             return EXIT_WAIT_TIMEOUT;
@@ -552,11 +632,92 @@ cmd_group_wait(const struct ctx *x, struct corral_client *c, const char *group, 
     return rc;
 }
 
-/* Runs a client command (everything but worker and help) on a new client; scope (borrowed)
- * applies to group open and submit. */
+/* Prints the started value of job id: the bytes as they are, or {"job": ID, "value":
+ * STRING} ("value_b64": BASE64 when they are not UTF-8). Returns an exit status. */
+static int
+print_value(const struct ctx *x, const char *id, const void *value, size_t len)
+{
+    if (x->json) {
+        struct json_writer w;
+        json_init(&w, stdout);
+        json_begin_object(&w);
+        json_key(&w, "job");
+        json_string(&w, id);
+        if (utf8_valid(value, len)) {
+            json_key(&w, "value");
+            json_string_n(&w, value, len);
+        } else {
+            json_key(&w, "value_b64");
+            json_base64(&w, value, len);
+        }
+        json_end_object(&w);
+        json_finish(&w);
+    } else if (len > 0) {
+        fwrite(value, 1, len, stdout);
+    }
+    return finish_output();
+}
+
+/* `start`: checks the group exists (bounded by the client timeout, so that a broker that
+ * is down exits 69 rather than waiting), then submits the job and waits up to wait_ms
+ * (negative: forever) in all for its readiness. */
+static int
+cmd_start(const struct ctx *x, struct corral_client *c, const char *group, const char *kind,
+          const char *payload, size_t plen, const struct corral_submit_opts *opts, int64_t wait_ms,
+          const char *wait_text)
+{
+    uint64_t start = clock_mono_ms();
+    struct corral_node *tree = NULL;
+    int err = corral_group_tree(c, group, &tree);
+    corral_node_free(&tree);
+    if (err != CORRAL_OK)
+        return fail(x, c, err);
+    char id[CORRAL_ID_MAX] = "";
+    void *value = NULL;
+    size_t vlen = 0;
+    struct corral_error *error = NULL;
+    err = corral_start(c, group, kind, payload, plen, opts, wait_left(start, wait_ms), id, &value,
+                       &vlen, &error);
+    int rc;
+    switch (err) {
+    case CORRAL_OK:
+        rc = print_value(x, id, value, vlen);
+        break;
+    case CORRAL_ESTARTFAILED:
+        fprintf(stderr, "corralctl: job %s failed before signalling readiness:\n", id);
+        if (error != NULL)
+            print_exception(stderr, error);
+        rc = EXIT_START_FAILED;
+        break;
+    case CORRAL_ESTARTCANCELLED:
+        fprintf(stderr, "corralctl: job %s was cancelled before signalling readiness\n", id);
+        rc = EXIT_START_CANCELLED;
+        break;
+    case CORRAL_ENOTSTARTED:
+        fprintf(stderr, "corralctl: job %s ended without signalling readiness\n", id);
+        rc = EXIT_START_NOT_STARTED;
+        break;
+    case CORRAL_ETIMEDOUT:
+        fprintf(stderr,
+                "corralctl: the job did not signal readiness within %s; it keeps running in "
+                "group %s\n",
+                wait_text, group);
+        rc = EXIT_START_TIMEOUT;
+        break;
+    default:
+        rc = fail(x, c, err);
+        break;
+    }
+    free(value);
+    corral_error_free(&error);
+    return rc;
+}
+
+/* Runs a client command (everything but worker and help) on a new client; opts (borrowed)
+ * applies to submit and start, its scope to group open too. */
 static int
 run_client(const struct ctx *x, enum command cmd, const struct args *a, const char **argsv,
-           const struct corral_scope *scope, int64_t wait_ms)
+           const struct corral_submit_opts *opts, int64_t wait_ms)
 {
     struct corral_client *c = NULL;
     char id[CORRAL_ID_MAX];
@@ -570,26 +731,23 @@ run_client(const struct ctx *x, enum command cmd, const struct args *a, const ch
         return fail(x, NULL, err);
     switch (cmd) {
     case CMD_GROUP_OPEN:
-        err = corral_group_open_scoped(c, a->val[OPT_PARENT], a->val[OPT_PARENT_JOB], scope, id,
-                                       &cancelled);
+        err = corral_group_open_scoped(c, a->val[OPT_PARENT], a->val[OPT_PARENT_JOB], &opts->scope,
+                                       id, &cancelled);
         rc = err != CORRAL_OK ? fail(x, c, err) : print_id(x, id, cancelled);
         break;
     case CMD_SUBMIT:
-        if (a->given[OPT_PAYLOAD_FILE]) {
-            rc = read_file(a->val[OPT_PAYLOAD_FILE], &payload, &plen);
-            if (rc != 0)
-                break;
-        } else if (a->given[OPT_PAYLOAD]) {
-            payload = strdup(a->val[OPT_PAYLOAD]);
-            if (payload == NULL) {
-                fputs("corralctl: out of memory\n", stderr);
-                rc = EXIT_OSERR;
-                break;
-            }
-            plen = strlen(payload);
-        }
-        err = corral_submit_scoped(c, argsv[0], argsv[1], payload, plen, scope, id, &cancelled);
+        rc = load_payload(a, &payload, &plen);
+        if (rc != 0)
+            break;
+        err = corral_submit_opts(c, argsv[0], argsv[1], payload, plen, opts, id, &cancelled);
         rc = err != CORRAL_OK ? fail(x, c, err) : print_id(x, id, cancelled);
+        break;
+    case CMD_START:
+        rc = load_payload(a, &payload, &plen);
+        if (rc != 0)
+            break;
+        rc = cmd_start(x, c, argsv[0], argsv[1], payload, plen, opts, wait_ms,
+                       a->given[OPT_TIMEOUT] ? a->val[OPT_TIMEOUT] : "forever");
         break;
     case CMD_GROUP_CLOSE:
         err = corral_group_close(c, argsv[0]);
@@ -696,6 +854,10 @@ run(struct args *a)
         want = 2;
         shape = "submit GROUP KIND";
         break;
+    case CMD_START:
+        want = 2;
+        shape = "start GROUP KIND";
+        break;
     case CMD_JOB_CANCEL:
         want = 1;
         shape = "job cancel JOB";
@@ -714,8 +876,9 @@ run(struct args *a)
         return usage_error("give at most one of --parent and --parent-job");
     if (a->given[OPT_PAYLOAD] && a->given[OPT_PAYLOAD_FILE])
         return usage_error("give at most one of --payload and --payload-file");
-    struct corral_scope scope;
-    if (parse_scope(a, &scope) != 0)
+    struct corral_submit_opts opts;
+    memset(&opts, 0, sizeof(opts));
+    if (parse_scope(a, &opts.scope) != 0 || parse_retry(a, &opts) != 0)
         return EXIT_USAGE;
 
     struct ctx x = {.json = a->given[OPT_JSON], .timeout_text = "5s"};
@@ -730,15 +893,15 @@ run(struct args *a)
     if (x.endpoint[0] == '\0' || x.worker_endpoint[0] == '\0')
         return usage_error("an endpoint must not be empty");
 
-    /* --timeout bounds each call to the broker, except for `group wait`, where it is the
-     * wait's own limit (default: forever) and the calls keep the default bound. */
+    /* --timeout bounds each call to the broker, except for `group wait` and `start`, where
+     * it is the wait's own limit (default: forever) and the calls keep the default bound. */
     uint64_t timeout = DEFAULT_TIMEOUT_MS;
     int64_t wait_ms = -1;
     if (a->given[OPT_TIMEOUT]) {
         uint64_t t;
         if (parse_duration("timeout", a->val[OPT_TIMEOUT], &t) != 0)
             return EXIT_USAGE;
-        if (cmd == CMD_GROUP_WAIT) {
+        if (cmd == CMD_GROUP_WAIT || cmd == CMD_START) {
             wait_ms = t > (uint64_t)INT64_MAX ? INT64_MAX : (int64_t)t;
         } else {
             timeout = t;
@@ -749,7 +912,7 @@ run(struct args *a)
 
     if (cmd == CMD_WORKER)
         return run_worker(&x, a);
-    return run_client(&x, cmd, a, a->pos + nwords, &scope, wait_ms);
+    return run_client(&x, cmd, a, a->pos + nwords, &opts, wait_ms);
 }
 
 int

@@ -347,7 +347,15 @@ put_node(FILE *f, const struct corral_node *n, unsigned depth)
         put_text(f, n->kind, strlen(n->kind), 0, false, NL_ESCAPE, NULL);
     fputs("] ", f);
     put_state(f, n);
+    if (n->state == CORRAL_STATE_RETRY_WAIT && n->next_attempt_unix_ms != 0) {
+        char t[RFC3339_MAX];
+        fprintf(f, " until %s", rfc3339_format(n->next_attempt_unix_ms, t));
+    }
     fprintf(f, " attempt %" PRIu32, n->attempt);
+    if (n->max_attempts != 0) /* 0: a broker that predates retries */
+        fprintf(f, "/%" PRIu32, n->max_attempts);
+    if (n->started)
+        fputs("  started", f);
     if (n->cancel_called) {
         fputc(' ', f);
         put_cancel(f, n);
@@ -472,6 +480,11 @@ json_node(struct json_writer *w, const struct corral_node *n)
     if (job) {
         json_key(w, "attempt");
         json_int(w, n->attempt);
+        json_key(w, "max_attempts");
+        json_int(w, n->max_attempts);
+        json_time(w, "next_attempt", n->next_attempt_unix_ms);
+        json_key(w, "started");
+        json_bool(w, n->started);
     }
     json_key(w, "cancel_called");
     json_bool(w, n->cancel_called);

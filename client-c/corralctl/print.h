@@ -1,7 +1,7 @@
 /* print.h - how corralctl shows a group's tree: indented text for people, with failed
  * groups' exception groups laid out the way Python 3.11 prints an ExceptionGroup, or the
- * --json tree of the protocol contract (issue 2: node and error objects; issue 3 adds deadlines and
- * shields). */
+ * --json tree of the protocol contract (issue 2: node and error objects; issue 3 adds deadlines,
+ * shields and, on jobs, retries and readiness). */
 #ifndef CORRALCTL_PRINT_H
 #define CORRALCTL_PRINT_H
 
