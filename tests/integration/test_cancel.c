@@ -280,3 +280,79 @@ Test(s4_propagation, cancel_reaches_groups_opened_by_jobs)
     broker_stop(&b);
     broker_cleanup(&b);
 }
+
+/* Root g runs job p1, which opens h1 and runs p2 there, which opens h2 and runs x3 there:
+ * three levels of jobs through two job-owned groups. x3 runs on a raw worker so the test
+ * decides when it stops; until then nothing above it may end (S4, D5). */
+Test(s4_propagation, cancel_reaches_a_job_three_levels_down_through_two_job_owned_groups)
+{
+    struct broker b;
+    broker_start(&b, NULL);
+    struct test_worker *w = test_worker_start(&b, 2);
+    struct raw_peer wk;
+    raw_worker_register(&wk, &b);
+    struct corral_client *c = client_connect(&b);
+    char g[CORRAL_ID_MAX], p1[CORRAL_ID_MAX], h1[CORRAL_ID_MAX], p2[CORRAL_ID_MAX];
+    char h2[CORRAL_ID_MAX], x3[CORRAL_ID_MAX];
+    bool cancelled = true;
+
+    open_root(c, g);
+    submit(c, g, "sleep", "60000", p1);
+    cr_assert(test_worker_wait_started(w, 1, 5000));
+    cr_assert_eq(corral_group_open(c, NULL, p1, h1, &cancelled), CORRAL_OK);
+    cr_assert(!cancelled);
+    submit(c, h1, "sleep", "60000", p2);
+    cr_assert(test_worker_wait_started(w, 2, 5000));
+    cr_assert_eq(corral_group_open(c, NULL, p2, h2, &cancelled), CORRAL_OK);
+    cr_assert(!cancelled);
+    submit(c, h2, "raw", "deep", x3);
+    Corral__V1__Envelope *d =
+        raw_worker_expect(&wk, CORRAL__V1__ENVELOPE__BODY_DISPATCH, 5000, true);
+    cr_assert_not_null(d, "no Dispatch within 5 s");
+    cr_assert_str_eq(d->dispatch->job, x3);
+    cr_assert_str_eq(d->dispatch->group, h2);
+    uint32_t attempt = d->dispatch->attempt;
+    corral__v1__envelope__free_unpacked(d, NULL);
+
+    uint64_t t0 = clock_mono_ms();
+    cr_assert_eq(corral_group_cancel(c, g, "from the root"), CORRAL_OK);
+    Corral__V1__Envelope *cm =
+        raw_worker_expect(&wk, CORRAL__V1__ENVELOPE__BODY_CANCEL, 1000, true);
+    cr_assert_not_null(cm, "the job three levels down was not told within 1 s");
+    cr_assert_lt(clock_mono_ms() - t0, 1000);
+    cr_assert_str_eq(cm->cancel->job, x3);
+    cr_assert_eq(cm->cancel->attempt, attempt);
+    cr_assert_eq(cm->cancel->source, CORRAL__V1__CANCEL_SOURCE__CANCEL_SOURCE_PARENT);
+    cr_assert_str_eq(cm->cancel->reason, "from the root");
+    corral__v1__envelope__free_unpacked(cm, NULL);
+    cr_assert(test_worker_wait_cancels(w, 2, 1000), "p1 and p2 were not told within 1 s");
+    expect_worker_cancel(w, p1, CORRAL_SOURCE_PARENT, "from the root");
+    expect_worker_cancel(w, p2, CORRAL_SOURCE_PARENT, "from the root");
+
+    /* p1 and p2 have stopped, but x3 has not: every scope above x3 is still open. */
+    raw_worker_idle(&wk, 500);
+    struct corral_node *t = get_tree(c, g);
+    const char *above[] = {g, p1, h1, p2, h2, x3};
+    for (size_t i = 0; i < 6; i++) {
+        const struct corral_node *n = tree_find(t, above[i]);
+        cr_assert_not_null(n, "%s missing from the tree", above[i]);
+        cr_assert_neq(n->state, CORRAL_STATE_ENDED, "%s ended before the job below it", above[i]);
+    }
+    corral_node_free(&t);
+
+    cr_assert_eq(raw_worker_cancel_ack(&wk, x3, attempt), CORRAL_OK);
+    t = wait_group(c, g, WAIT_MS);
+    for (size_t i = 0; i < 6; i++)
+        node_expect(t, above[i], CORRAL_STATE_ENDED, CORRAL_OUTCOME_CANCELLED);
+    node_expect_cancel(t, g, true, CORRAL_SOURCE_EXPLICIT, "from the root", true);
+    node_expect_cancel(t, h2, true, CORRAL_SOURCE_PARENT, "from the root", false);
+    node_expect_cancel(t, x3, true, CORRAL_SOURCE_PARENT, "from the root", false);
+    corral_node_free(&t);
+
+    expect_no_worker_problem(w);
+    corral_client_free(&c);
+    raw_close(&wk);
+    test_worker_stop(&w);
+    broker_stop(&b);
+    broker_cleanup(&b);
+}
