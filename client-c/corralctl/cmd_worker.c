@@ -30,15 +30,13 @@
 
 #include "clock.h"
 #include "corral.h"
+#include "exits.h"
 #include "json.h"
 #include "rfc3339.h"
 
 extern char **environ;
 
-#define EXIT_USAGE       64
-#define EXIT_UNAVAILABLE 69
-#define EXIT_OSERR       71
-#define EXIT_TEMPFAIL    75 /* EX_TEMPFAIL: a command's failure to try again */
+#define EXIT_TEMPFAIL 75 /* EX_TEMPFAIL: a command's failure to try again */
 
 #define READY_FD 3 /* the command's end of its readiness pipe */
 
