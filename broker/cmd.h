@@ -36,6 +36,9 @@ enum cmd_type {
     CMD_DONE,
     CMD_FAILED,
     CMD_CANCEL_ACK,
+    CMD_SET_LIMITER,
+    CMD_DELETE_LIMITER,
+    CMD_GET_LIMITERS,
 };
 
 struct running_ref {
@@ -56,14 +59,18 @@ struct scope_opts {
 struct cmd {
     enum cmd_type type;
     uint64_t request_id;
-    const char *id;           /* the group or job the request names */
-    const char *parent_group; /* OPEN_GROUP */
-    const char *parent_job;   /* OPEN_GROUP */
-    const char *kind;         /* SUBMIT */
-    struct scope_opts scope;  /* OPEN_GROUP, SUBMIT */
-    bool wait_started;        /* SUBMIT: reply when the job signals readiness (S9) */
-    uint32_t max_attempts;    /* SUBMIT: 0: default */
-    uint64_t backoff_ms;      /* SUBMIT: 0: default */
+    const char *id;              /* the group, job or limiter the request names */
+    const char *parent_group;    /* OPEN_GROUP */
+    const char *parent_job;      /* OPEN_GROUP */
+    const char *kind;            /* SUBMIT */
+    struct scope_opts scope;     /* OPEN_GROUP, SUBMIT */
+    bool wait_started;           /* SUBMIT: reply when the job signals readiness (S9) */
+    uint32_t max_attempts;       /* SUBMIT: 0: default */
+    uint64_t backoff_ms;         /* SUBMIT: 0: default */
+    const char *const *limiters; /* SUBMIT: limiter names (S10) */
+    size_t nlimiters;
+    const char *idem_key;     /* SUBMIT: "" when none */
+    uint32_t total_tokens;    /* SET_LIMITER */
     struct bytes data;        /* SUBMIT payload, DONE result, STARTED value, FAILED details */
     const char *reason;       /* CANCEL_* */
     uint32_t event_mask;      /* SUBSCRIBE: bit (1 << enum event_type) per type; 0: all */
@@ -114,6 +121,8 @@ struct tnode {
     uint32_t max_attempts;
     uint64_t next_attempt_ms;
     bool started;
+    const char *const *limiters; /* jobs */
+    size_t nlimiters;
     struct tnode *children;
     size_t nchildren;
     struct tnode *groups;
@@ -128,6 +137,17 @@ enum event_type {
     EV_JOB_ENDED = 3,
     EV_GROUP_CANCELLING = 4,
     EV_GROUP_ENDED = 5,
+    EV_SUBSCRIPTION_OVERFLOW = 6,
+};
+
+/* A limiter as sent in a GetLimiters reply. */
+struct limiter_info {
+    const char *name;
+    uint32_t total_tokens;
+    uint32_t borrowed_tokens;
+    uint32_t waiting;
+    const char *const *borrowers;
+    size_t nborrowers;
 };
 
 /* One message to send once the turn's transaction has committed. Pointers are borrowed
@@ -149,6 +169,9 @@ struct out_msg {
     size_t nreclaimed;
     struct bytes value; /* Submit with wait_started: the started() value */
     struct terr *error; /* CORRAL_ESTARTFAILED: the job's error */
+    bool duplicate;     /* Submit: the job of an earlier submission with the same key */
+    const struct limiter_info *limiters; /* GetLimiters */
+    size_t nlimiters;
     /* OUTMSG_DISPATCH and OUTMSG_CANCEL (job, attempt); dispatch also kind, payload, group */
     const char *job;
     uint32_t attempt;
@@ -177,6 +200,9 @@ struct outbox {
     struct job_row *jobs;
     size_t njobs;
     size_t capjobs;
+    struct limiter_row *limiters;
+    size_t nlimiters;
+    size_t caplimiters;
 };
 
 void outbox_init(struct outbox *ob);
@@ -189,5 +215,6 @@ struct out_msg *outbox_msg(struct outbox *ob, enum out_type type, const struct p
 /* Appends a copy of the row (its pointers stay borrowed); false when out of memory. */
 bool outbox_group_row(struct outbox *ob, const struct group_row *row);
 bool outbox_job_row(struct outbox *ob, const struct job_row *row);
+bool outbox_limiter_row(struct outbox *ob, const struct limiter_row *row);
 
 #endif

@@ -7,7 +7,15 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum opt_type { OPT_TEXT, OPT_DURATION, OPT_SIZE, OPT_SYNC, OPT_LOG_LEVEL, OPT_LOG_FORMAT };
+enum opt_type {
+    OPT_TEXT,
+    OPT_DURATION,
+    OPT_SIZE,
+    OPT_COUNT,
+    OPT_SYNC,
+    OPT_LOG_LEVEL,
+    OPT_LOG_FORMAT
+};
 
 struct option_def {
     const char *flag; /* without the leading "--" */
@@ -45,6 +53,11 @@ static const struct option_def options[] = {
      "largest payload, result, started value or error accepted (answered TOO_LARGE)"},
     {"max-message", "CORRAL_MAX_MESSAGE", "16M", OPT_SIZE, FIELD(max_message),
      "hard cap on one message; a peer sending more is disconnected"},
+    {"max-queued", "CORRAL_MAX_QUEUED", "100000", OPT_COUNT, FIELD(max_queued),
+     "jobs queued or waiting for tokens, in all, beyond which a submission is answered BUSY "
+     "(0: no bound)"},
+    {"max-queued-per-kind", "CORRAL_MAX_QUEUED_PER_KIND", "10000", OPT_COUNT,
+     FIELD(max_queued_per_kind), "the same bound for the jobs of one kind (0: no bound)"},
     {"log-level", "CORRAL_LOG_LEVEL", "info", OPT_LOG_LEVEL, FIELD(log_level),
      "debug, info, warn or error"},
     {"log-format", "CORRAL_LOG_FORMAT", "logfmt", OPT_LOG_FORMAT, FIELD(log_format),
@@ -114,6 +127,16 @@ apply(struct config *cfg, const struct option_def *o, const char *value, const c
             why = "is not a size (bytes with an optional K, M or G suffix)";
         else if (n == 0 || n > ((uint64_t)1 << 31))
             why = "must be between 1 byte and 2G";
+        else
+            *(uint64_t *)(void *)field = n;
+        break;
+    }
+    case OPT_COUNT: {
+        char *end = NULL;
+        errno = 0;
+        unsigned long long n = strtoull(value, &end, 10);
+        if (*value < '0' || *value > '9' || *end != '\0' || errno != 0 || n > UINT32_MAX)
+            why = "is not a count (an integer from 0 to 4294967295)";
         else
             *(uint64_t *)(void *)field = n;
         break;

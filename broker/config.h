@@ -18,9 +18,11 @@ struct config {
     uint64_t heartbeat_interval_ms;
     uint64_t heartbeat_timeout_ms;
     uint64_t cancel_resend_ms;
-    uint64_t cancel_grace_ms; /* a cancelled job's worker must acknowledge within (D6) */
-    uint64_t max_payload;     /* bytes: soft limit, answered with ERR_TOO_LARGE */
-    uint64_t max_message;     /* bytes: hard cap (ZMQ_MAXMSGSIZE), the peer is dropped */
+    uint64_t cancel_grace_ms;     /* a cancelled job's worker must acknowledge within (D6) */
+    uint64_t max_payload;         /* bytes: soft limit, answered with ERR_TOO_LARGE */
+    uint64_t max_message;         /* bytes: hard cap (ZMQ_MAXMSGSIZE), the peer is dropped */
+    uint64_t max_queued;          /* S11: queued jobs in all before BUSY; 0: no bound */
+    uint64_t max_queued_per_kind; /* the same per kind */
     enum log_level log_level;
     enum log_format log_format;
 };

@@ -192,7 +192,8 @@ static const unsigned legal[2][9] = {
     [NODE_JOB] =
         {
             [ST_NONE] = BIT(ST_QUEUED) | BIT(ST_ENDED),
-            [ST_QUEUED] = BIT(ST_RUNNING) | BIT(ST_ENDED),
+            [ST_QUEUED] = BIT(ST_RUNNING) | BIT(ST_ENDED) | BIT(ST_WAITING),
+            [ST_WAITING] = BIT(ST_QUEUED) | BIT(ST_ENDED),
             [ST_RUNNING] = BIT(ST_CANCELLING) | BIT(ST_ENDED) | BIT(ST_QUEUED) | BIT(ST_RETRY_WAIT),
             [ST_CANCELLING] = BIT(ST_ENDED),
             [ST_RETRY_WAIT] = BIT(ST_QUEUED) | BIT(ST_ENDED),
@@ -343,7 +344,7 @@ cancel_node(struct engine *e, struct node *n, enum cancel_source src, const char
 
     struct job *j = as_job(n);
     if (j) {
-        if (n->state == ST_QUEUED || n->state == ST_RETRY_WAIT) {
+        if (n->state == ST_QUEUED || n->state == ST_WAITING || n->state == ST_RETRY_WAIT) {
             job_end(e, j, OUT_CANCELLED);
             return;
         }
@@ -428,10 +429,12 @@ job_end(struct engine *e, struct job *j, enum outcome o)
             o = OUT_SUCCEEDED;
         }
     }
+    job_set_waiting(e, j, false);
     if (j->n.state == ST_QUEUED)
         kind_dequeue(e, j);
     if (j->worker)
         worker_release(e, j);
+    job_limiters_done(e, j);
     node_set_state(e, &j->n, ST_ENDED);
     j->n.outcome = o;
     j->n.ended_ms = e->now;
@@ -465,6 +468,7 @@ job_body_ended(struct engine *e, struct job *j, enum outcome o)
      * are closed implicitly, and cancelled first if the body failed. */
     if (j->worker)
         worker_release(e, j);
+    tokens_release(e, j); /* its body has stopped running */
     j->n.outcome = o;
     mark_dirty(e, &j->n);
     for (size_t i = 0; i < j->ngroups; i++) {
@@ -656,11 +660,73 @@ find_group(struct engine *e, const struct peer *from, const struct cmd *c)
     return g;
 }
 
+/* The key of an idempotency key in e->idem: the group's id, a newline, the key (a group
+ * id holds no newline, so the split is unambiguous). In the turn's arena. */
+static const char *
+idem_key(struct engine *e, const struct group *g, const char *key)
+{
+    size_t glen = strlen(g->n.idstr), klen = strlen(key);
+    char *k = arena_alloc(&e->out->arena, glen + klen + 2);
+    if (k == NULL)
+        oom();
+    memcpy(k, g->n.idstr, glen);
+    k[glen] = '\n';
+    memcpy(k + glen + 1, key, klen + 1);
+    return k;
+}
+
+/* S11: a repeat of a submission with the same idempotency key gets the original job. */
+static bool
+submit_duplicate(struct engine *e, const struct peer *from, const struct cmd *c,
+                 const struct group *g)
+{
+    if (c->idem_key == NULL || !*c->idem_key)
+        return false;
+    struct job *j = strmap_get(&e->idem, idem_key(e, g, c->idem_key));
+    if (j == NULL)
+        return false;
+    struct out_msg *m = reply(e, from, c->request_id, CORRAL_OK, NULL);
+    m->id = j->n.idstr;
+    m->duplicate = true;
+    m->cancelled = j->n.cancel_called;
+    return true;
+}
+
+/* S11: a submission that would queue a job beyond the bounds gets BUSY, with a hint. */
+static bool
+submit_busy(struct engine *e, const struct peer *from, const struct cmd *c)
+{
+    struct kind *k = kind_get(e, c->kind);
+    bool all = e->cfg.max_queued && e->stats.queued >= e->cfg.max_queued;
+    bool one = e->cfg.max_queued_per_kind && k->nqueued >= e->cfg.max_queued_per_kind;
+    if (!all && !one)
+        return false;
+    struct out_msg *m =
+        all ? reply_fmt(e, from, c->request_id, CORRAL_EBUSY,
+                        "the broker is busy: %" PRIu64 " jobs are queued (the bound is %" PRIu64
+                        ", --max-queued); try again later",
+                        e->stats.queued, e->cfg.max_queued)
+            : reply_fmt(e, from, c->request_id, CORRAL_EBUSY,
+                        "the broker is busy: %zu jobs of kind '%s' are queued (the bound is "
+                        "%" PRIu64 ", --max-queued-per-kind); try again later",
+                        k->nqueued, k->name, e->cfg.max_queued_per_kind);
+    m->retry_after_ms = BUSY_RETRY_AFTER_MS;
+    return true;
+}
+
 static void
 on_submit(struct engine *e, const struct peer *from, const struct cmd *c)
 {
     struct group *g = find_group(e, from, c);
     if (g == NULL)
+        return;
+    if (c->idem_key != NULL && strlen(c->idem_key) > IDEM_KEY_MAX) {
+        reply_fmt(e, from, c->request_id, CORRAL_EBADREQUEST,
+                  "idempotency key of %zu bytes exceeds the limit of %d bytes", strlen(c->idem_key),
+                  IDEM_KEY_MAX);
+        return;
+    }
+    if (submit_duplicate(e, from, c, g))
         return;
     if (g->n.state == ST_ENDED) {
         reply_fmt(e, from, c->request_id, CORRAL_ENOTACTIVE, "group %s is not active: it has ended",
@@ -673,7 +739,14 @@ on_submit(struct engine *e, const struct peer *from, const struct cmd *c)
                   e->cfg.max_payload);
         return;
     }
+    bool cancelled = g->n.cancel_called && !(c->scope.shield);
+    if (!cancelled && submit_busy(e, from, c))
+        return;
     struct job *j = ecalloc(1, sizeof(*j));
+    if (!job_limiters_init(e, j, c->limiters, c->nlimiters, from, c->request_id)) {
+        free(j);
+        return;
+    }
     node_init(e, &j->n, NODE_JOB, e->next_id);
     j->n.parent = &g->n;
     j->n.created_ms = e->now;
@@ -687,7 +760,11 @@ on_submit(struct engine *e, const struct peer *from, const struct cmd *c)
     g->unended++;
     e->stats.jobs_submitted++;
     scope_init(e, &j->n, &c->scope);
-    bool cancelled = g->n.cancel_called && !j->n.shield;
+    if (c->idem_key != NULL && *c->idem_key) {
+        j->idem_key = estrdup(c->idem_key);
+        if (!strmap_put(&e->idem, idem_key(e, g, c->idem_key), j))
+            oom();
+    }
     if (cancelled) {
         /* D1 / S5: recorded, ended CANCELLED, never queued nor dispatched. A job is
          * QUEUED exactly while it is in its kind's queue, so it goes straight to ENDED. */
@@ -811,6 +888,11 @@ engine_handle(struct engine *e, const struct peer *from, const struct cmd *c, ui
     case CMD_SUBSCRIBE:
         on_tree_wait_subscribe(e, from, c);
         break;
+    case CMD_SET_LIMITER:
+    case CMD_DELETE_LIMITER:
+    case CMD_GET_LIMITERS:
+        engine_handle_limiter(e, from, c);
+        break;
     default:
         engine_handle_worker(e, from, c);
         break;
@@ -851,6 +933,11 @@ node_free(struct node *n)
         free(j->err_details);
         free(j->groups);
         free(j->starter);
+        for (size_t i = 0; i < j->nlimiters; i++)
+            free(j->limiter_names[i]);
+        free(j->limiter_names);
+        free(j->limiters);
+        free(j->idem_key);
     }
     free(n);
 }
@@ -867,6 +954,8 @@ engine_free(struct engine **p)
     free(e->map.keys);
     free(e->map.vals);
     workers_free(e);
+    limiters_free(e);
+    strmap_fini(&e->idem);
     while (e->kinds) {
         struct kind *k = e->kinds;
         e->kinds = k->next;

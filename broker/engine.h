@@ -21,6 +21,8 @@ struct engine_config {
     uint32_t cancel_resend_ms;      /* CANCEL is repeated this often until acknowledged */
     uint32_t cancel_grace_ms;       /* unacknowledged this long: CANCELLED, worker lost (D6) */
     uint64_t max_payload;           /* soft limit on payload, result, value, details */
+    uint64_t max_queued;            /* S11: queued jobs (QUEUED or WAITING) in all; 0: no bound */
+    uint64_t max_queued_per_kind;   /* the same for one kind; 0: no bound */
 };
 
 /* Counters since start, read by the loop for logs and stats. */
@@ -50,6 +52,8 @@ void engine_free(struct engine **p);
 int engine_restore_group(struct engine *e, const struct group_row *row);
 int engine_restore_job(struct engine *e, const struct job_row *row);
 int engine_restore_finish(struct engine *e, uint64_t now_ms, struct outbox *out);
+/* Recovery of a limiter (before any job that names it). */
+int engine_restore_limiter(struct engine *e, const struct limiter_row *row);
 
 /* Applies one command from a peer. Every request gets exactly one reply in the outbox
  * (now, or deferred for WaitGroup). Borrows everything. */

@@ -5,6 +5,7 @@
 #define CORRAL_ENGINE_INT_H
 
 #include "engine.h"
+#include "strmap.h"
 #include "timer.h"
 
 #include <stdbool.h>
@@ -61,6 +62,7 @@ struct group {
 
 struct kind;
 struct worker;
+struct limiter;
 
 struct job {
     struct node n;
@@ -87,6 +89,29 @@ struct job {
     struct group **groups; /* groups the job opened */
     size_t ngroups;
     size_t capgroups;
+    char **limiter_names;      /* S10: the limiters it names (owned), in submission order */
+    struct limiter **limiters; /* the same, resolved; NULL once the job has ended */
+    size_t nlimiters;
+    bool holding;   /* it holds one token of each (from dispatch to release) */
+    char *idem_key; /* its idempotency key (owned); NULL: none */
+};
+
+/* A named capacity limiter (S10): total tokens, and the jobs holding or waiting for
+ * them. refs counts the jobs that name it and have not ended (a limiter in use cannot
+ * be deleted, so a job's limiter pointers stay valid while it lives). */
+struct limiter {
+    char *name;
+    uint32_t total;
+    uint32_t borrowed;
+    uint32_t waiting; /* jobs in ST_WAITING that name it */
+    uint32_t refs;
+    int64_t spare;          /* during a dispatch pass: tokens left for younger jobs */
+    struct job **borrowers; /* the jobs holding its tokens (unordered) */
+    size_t nborrowers;
+    size_t capborrowers;
+    bool dirty;           /* to be written */
+    bool deleted;         /* to be deleted from the store, then freed */
+    struct limiter *next; /* sorted by name */
 };
 
 /* A job kind: its FIFO of queued jobs (oldest first). */
@@ -95,6 +120,7 @@ struct kind {
     struct job *head;
     struct job *tail;
     size_t nqueued;
+    struct job *cursor; /* during a dispatch pass: the next job to visit */
     struct kind *next;
 };
 
@@ -155,6 +181,14 @@ struct engine {
     struct pending_link *links; /* during recovery only */
     size_t nlinks;
     size_t caplinks;
+    struct limiter *limiters; /* sorted by name */
+    size_t nlimiters;
+    struct strmap limiter_by_name;
+    struct strmap idem;                /* "<group id>\n<key>" -> job (S11) */
+    bool limiters_dirty;               /* a limiter changed: engine_flush writes it */
+    struct limiter **deleted_limiters; /* deleted this turn: freed at its end */
+    size_t ndeleted_limiters;
+    size_t capdeleted_limiters;
     struct outbox *out; /* the outbox of the turn in progress */
     uint64_t now;       /* the time of the turn in progress */
 };
@@ -193,6 +227,9 @@ void mark_dirty(struct engine *e, struct node *n);
 #define DEFAULT_MAX_ATTEMPTS 3
 #define DEFAULT_BACKOFF_MS   1000
 #define MAX_BACKOFF_MS       60000
+/* S11: the retry hint of a BUSY reply, and the longest idempotency key. */
+#define BUSY_RETRY_AFTER_MS 500
+#define IDEM_KEY_MAX        1024
 
 /* A job reached its outcome: records it, releases its worker slot, tells its group. */
 void job_end(struct engine *e, struct job *j, enum outcome o);
@@ -229,6 +266,31 @@ void arm_retry(struct engine *e, struct job *j);
 void engine_handle_worker(struct engine *e, const struct peer *from, const struct cmd *c);
 struct worker *worker_find(struct engine *e, const struct peer *p);
 void workers_free(struct engine *e);
+
+/* ---- limiters (engine_limit.c) */
+void engine_handle_limiter(struct engine *e, const struct peer *from, const struct cmd *c);
+/* Resolves the limiter names of a submission into j (counting it as a user of each).
+ * Returns false (nothing changed) after replying NOT_FOUND when one does not exist. */
+bool job_limiters_init(struct engine *e, struct job *j, const char *const *names, size_t n,
+                       const struct peer *from, uint64_t request_id);
+/* Whether every limiter of j has a token that no older dispatchable waiter needs. */
+bool tokens_available(const struct job *j);
+/* Takes one token of each of j's limiters (at dispatch). */
+void tokens_acquire(struct engine *e, struct job *j);
+/* Gives j's tokens back, if it holds them (exactly once: when it stops running). */
+void tokens_release(struct engine *e, struct job *j);
+/* Holds back one token of each of j's limiters for it, in this dispatch pass (D7). */
+void tokens_reserve(struct job *j);
+/* Starts a dispatch pass: every limiter's spare is what is not borrowed. */
+void limiters_pass_begin(struct engine *e);
+/* Moves a queued job in or out of ST_WAITING, keeping the limiters' waiting counts. */
+void job_set_waiting(struct engine *e, struct job *j, bool waiting);
+/* The job has ended: it no longer uses its limiters. */
+void job_limiters_done(struct engine *e, struct job *j);
+/* Appends rows for the changed limiters; frees deleted ones. */
+void limiters_flush(struct engine *e, struct outbox *out);
+void limiters_end_turn(struct engine *e);
+void limiters_free(struct engine *e);
 
 /* ---- trees, events and rows (engine_tree.c) */
 struct tnode *tree_build(struct engine *e, struct node *n, bool deep);

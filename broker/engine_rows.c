@@ -4,13 +4,39 @@
  * reconnect window. */
 #include "engine_int.h"
 
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 /* ------------------------------------------------------------------ rows */
+
+/* j's limiter names joined by newlines, in out's arena ("" when none). */
+static const char *
+join_limiters(struct outbox *out, const struct job *j)
+{
+    if (j->nlimiters == 0)
+        return "";
+    size_t len = 0;
+    for (size_t i = 0; i < j->nlimiters; i++)
+        len += strlen(j->limiter_names[i]) + 1;
+    char *s = arena_alloc(&out->arena, len);
+    if (s == NULL)
+        engine_oom();
+    char *p = s;
+    for (size_t i = 0; i < j->nlimiters; i++) {
+        size_t n = strlen(j->limiter_names[i]);
+        memcpy(p, j->limiter_names[i], n);
+        p += n;
+        *p++ = '\n';
+    }
+    p[-1] = '\0';
+    return s;
+}
 
 void
 engine_flush(struct engine *e, struct outbox *out)
 {
+    limiters_flush(e, out);
     for (size_t i = 0; i < e->ndirty; i++) {
         struct node *n = e->dirty[i];
         n->dirty = false;
@@ -44,6 +70,9 @@ engine_flush(struct engine *e, struct outbox *out)
                 .backoff_ms = j->backoff_ms,
                 .started = j->started,
                 .next_attempt_ms = j->next_attempt_ms,
+                .limiters = n->persisted ? NULL : join_limiters(out, j),
+                .idem_key = j->idem_key,
+                .holds_tokens = j->holding,
                 .is_new = !n->persisted,
             };
             ok = outbox_job_row(out, &r);
@@ -140,6 +169,34 @@ engine_restore_group(struct engine *e, const struct group_row *r)
     return CORRAL_OK;
 }
 
+/* Gives a restored job its limiters (S10): a job that has not ended uses them, one that
+ * was running with tokens holds them again (its lease survives the restart, S12), and
+ * a waiting one counts as waiting once it is queued again. */
+static int
+restore_limiters(struct engine *e, struct job *j, const struct job_row *r)
+{
+    size_t n = 1;
+    for (const char *p = r->limiters; *p; p++)
+        n += *p == '\n';
+    char *copy = estrdup(r->limiters);
+    const char **names = ecalloc(n, sizeof(*names));
+    size_t k = 0;
+    for (char *save = NULL, *t = strtok_r(copy, "\n", &save); t && k < n;
+         t = strtok_r(NULL, "\n", &save))
+        names[k++] = t;
+    bool ok = job_limiters_init(e, j, names, k, NULL, 0);
+    free(names);
+    free(copy);
+    if (!ok)
+        return CORRAL_EINTERNAL; /* a limiter in use was deleted: an inconsistent database */
+    if (j->n.state == ST_ENDED) {
+        job_limiters_done(e, j);
+    } else if (r->holds_tokens && (j->n.state == ST_RUNNING || j->n.state == ST_CANCELLING)) {
+        tokens_acquire(e, j);
+    }
+    return CORRAL_OK;
+}
+
 int
 engine_restore_job(struct engine *e, const struct job_row *r)
 {
@@ -167,6 +224,20 @@ engine_restore_job(struct engine *e, const struct job_row *r)
     j->next_attempt_ms = r->next_attempt_ms;
     if (j->n.state == ST_RETRY_WAIT)
         arm_retry(e, j); /* S13: the retry schedule survives a restart */
+    if (r->idem_key) {
+        j->idem_key = estrdup(r->idem_key);
+        size_t klen = strlen(r->idem_key) + MODEL_ID_MAX + 2;
+        char *k = malloc(klen);
+        if (k == NULL)
+            engine_oom();
+        /* The group's id string is "g" and its number (engine.c's idem_key). */
+        snprintf(k, klen, "g%llu\n%s", (unsigned long long)r->group_id, r->idem_key);
+        if (!strmap_put(&e->idem, k, j))
+            engine_oom();
+        free(k);
+    }
+    if (r->limiters && *r->limiters && restore_limiters(e, j, r) != CORRAL_OK)
+        return CORRAL_EINTERNAL;
     park(e, &j->n, PARENT_GROUP, r->group_id);
     return CORRAL_OK;
 }
@@ -231,8 +302,11 @@ engine_restore_finish(struct engine *e, uint64_t now_ms, struct outbox *out)
             continue;
         }
         struct job *j = as_job(e->links[i].n);
-        if (j->n.state == ST_QUEUED)
+        if (j->n.state == ST_QUEUED || j->n.state == ST_WAITING)
             kind_enqueue(e, j);
+        if (j->n.state == ST_WAITING)
+            for (size_t k = 0; k < j->nlimiters; k++)
+                j->limiters[k]->waiting++;
         else if ((j->n.state == ST_RUNNING || j->n.state == ST_CANCELLING) &&
                  j->n.outcome == OUT_NONE)
             /* No worker until a Ready reclaims it within the window. */

@@ -1,7 +1,7 @@
 /* engine_sched.c - workers and the jobs they run: registration and reclaiming after a
  * reconnect, heartbeats and lost workers (S13), worker reports with the attempt rule,
  * CANCEL repeated until acknowledged (S4), and dispatch, oldest queued first, never
- * beyond a worker's stated concurrency. */
+ * beyond a worker's stated concurrency, with limiter tokens taken at dispatch (D7). */
 #include "engine_int.h"
 
 #include <inttypes.h>
@@ -164,6 +164,7 @@ retry_or_fail(struct engine *e, struct job *j, const char *type, const char *mes
 {
     if (j->worker)
         worker_release(e, j);
+    tokens_release(e, j); /* the attempt has stopped running */
     if (type) {
         free(j->err_type);
         free(j->err_message);
@@ -235,6 +236,7 @@ workers_free(struct engine *e)
 void
 engine_end_turn(struct engine *e)
 {
+    limiters_end_turn(e);
     while (e->retired) {
         struct worker *w = e->retired;
         e->retired = w->next;
@@ -432,15 +434,20 @@ engine_handle_worker(struct engine *e, const struct peer *from, const struct cmd
 
 /* ------------------------------------------------------------------ dispatch */
 
-/* The oldest queued job among the kinds w serves, or NULL. */
-static struct job *
-oldest_for(const struct worker *w)
+/* The least loaded worker with a free slot that serves kind k, or NULL. */
+static struct worker *
+free_worker(struct engine *e, const struct kind *k)
 {
-    struct job *best = NULL;
-    for (size_t i = 0; i < w->nkinds; i++) {
-        struct job *h = w->kinds[i]->head;
-        if (h && (best == NULL || h->n.id < best->n.id))
-            best = h;
+    struct worker *best = NULL;
+    for (struct worker *w = e->workers; w; w = w->next) {
+        if (w->njobs >= w->concurrency || (best && w->njobs >= best->njobs))
+            continue;
+        for (size_t i = 0; i < w->nkinds; i++) {
+            if (w->kinds[i] == k) {
+                best = w;
+                break;
+            }
+        }
     }
     return best;
 }
@@ -448,7 +455,9 @@ oldest_for(const struct worker *w)
 static void
 dispatch(struct engine *e, struct worker *w, struct job *j)
 {
+    job_set_waiting(e, j, false);
     kind_dequeue(e, j);
+    tokens_acquire(e, j);
     node_set_state(e, &j->n, ST_RUNNING);
     j->attempt++;
     j->started = false;
@@ -466,25 +475,45 @@ dispatch(struct engine *e, struct worker *w, struct job *j)
     emit_event(e, &j->n, EV_JOB_DISPATCHED);
 }
 
-/* Hands out one job per free worker per round, so work spreads over workers, until no
- * free worker has a queued job of its kinds. */
+/* One dispatch pass (D7). The queued jobs that could run now (a worker slot is free for
+ * their kind) are visited oldest first, across kinds. One that can take a token of each
+ * of its limiters is dispatched to the least loaded free worker of its kind; one that
+ * cannot becomes WAITING and holds back a token of each of its limiters, so that no
+ * younger job takes one it needs (FIFO per limiter: a two-limiter job is not starved by
+ * one-limiter jobs). A job of a kind with no free worker is not visited: it holds no
+ * token and blocks nobody; nor does a job waiting on a full limiter stop a job that needs
+ * only another. The pass ends when no kind with queued jobs has a free worker. */
 static void
 dispatch_all(struct engine *e)
 {
-    bool progress = true;
-    while (progress) {
-        progress = false;
-        for (struct worker *w = e->workers; w; w = w->next) {
-            if (w->njobs >= w->concurrency)
+    e->dispatch_needed = false;
+    limiters_pass_begin(e);
+    for (struct kind *k = e->kinds; k; k = k->next)
+        k->cursor = k->head;
+    for (;;) {
+        struct job *j = NULL;
+        struct worker *w = NULL;
+        for (struct kind *k = e->kinds; k; k = k->next) {
+            if (k->cursor == NULL || (j && k->cursor->n.id > j->n.id))
                 continue;
-            struct job *j = oldest_for(w);
-            if (j) {
-                dispatch(e, w, j);
-                progress = true;
+            struct worker *fw = free_worker(e, k);
+            if (fw == NULL) {
+                k->cursor = NULL; /* no free slot for this kind in this pass */
+                continue;
             }
+            j = k->cursor;
+            w = fw;
+        }
+        if (j == NULL)
+            break;
+        j->kind->cursor = j->qnext;
+        if (tokens_available(j)) {
+            dispatch(e, w, j);
+        } else {
+            tokens_reserve(j);
+            job_set_waiting(e, j, true);
         }
     }
-    e->dispatch_needed = false;
 }
 
 /* ------------------------------------------------------------------ time */

@@ -92,6 +92,8 @@ fill_node(struct engine *e, struct node *n, struct tnode *t, bool deep)
         t->max_attempts = j->max_attempts;
         t->next_attempt_ms = j->next_attempt_ms;
         t->started = j->started;
+        t->limiters = (const char *const *)j->limiter_names;
+        t->nlimiters = j->nlimiters;
         t->result = (struct bytes){j->result, j->result_len};
         if (deep && j->ngroups) {
             t->groups = turn_alloc(e, j->ngroups * sizeof(*t->groups));

@@ -285,12 +285,15 @@ send_one(struct loop *l, const struct out_msg *m)
 static int
 commit(struct loop *l)
 {
-    if (l->out.ngroups == 0 && l->out.njobs == 0)
+    if (l->out.ngroups == 0 && l->out.njobs == 0 && l->out.nlimiters == 0)
         return 0;
     if (store_begin(l->store) != 0)
         goto fail;
     for (size_t i = 0; i < l->out.ngroups; i++)
         if (store_put_group(l->store, &l->out.groups[i]) != 0)
+            goto fail;
+    for (size_t i = 0; i < l->out.nlimiters; i++)
+        if (store_put_limiter(l->store, &l->out.limiters[i]) != 0)
             goto fail;
     for (size_t i = 0; i < l->out.njobs; i++)
         if (store_put_job(l->store, &l->out.jobs[i]) != 0)

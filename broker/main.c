@@ -41,6 +41,7 @@ struct recovery {
     struct engine *eng;
     size_t groups;
     size_t jobs;
+    size_t limiters;
 };
 
 static int
@@ -49,6 +50,14 @@ count_group(void *arg, const struct group_row *row)
     struct recovery *r = arg;
     r->groups++;
     return engine_restore_group(r->eng, row);
+}
+
+static int
+count_limiter(void *arg, const struct limiter_row *row)
+{
+    struct recovery *r = arg;
+    r->limiters++;
+    return engine_restore_limiter(r->eng, row);
 }
 
 static int
@@ -105,6 +114,8 @@ main(int argc, char **argv)
         .cancel_resend_ms = (uint32_t)cfg.cancel_resend_ms,
         .cancel_grace_ms = (uint32_t)cfg.cancel_grace_ms,
         .max_payload = cfg.max_payload,
+        .max_queued = cfg.max_queued,
+        .max_queued_per_kind = cfg.max_queued_per_kind,
     };
     if (engine_new(&eng, &ecfg) != 0)
         goto out;
@@ -113,7 +124,9 @@ main(int argc, char **argv)
     struct recovery rec = {.eng = eng};
     struct outbox ob;
     outbox_init(&ob);
-    int rc = store_load(store, count_group, count_job, &rec);
+    int rc = store_load_limiters(store, count_limiter, &rec);
+    if (rc == 0)
+        rc = store_load(store, count_group, count_job, &rec);
     if (rc == 0)
         rc = engine_restore_finish(eng, clock_wall_ms(), &ob);
     outbox_fini(&ob);
@@ -123,8 +136,9 @@ main(int argc, char **argv)
         goto out;
     }
     const struct engine_stats *st = engine_stats(eng);
-    log_event(LOG_INFO, "recovered", "groups=%zu jobs=%zu queued=%llu reclaimable=%llu ms=%llu",
-              rec.groups, rec.jobs, (unsigned long long)st->queued,
+    log_event(LOG_INFO, "recovered",
+              "groups=%zu jobs=%zu limiters=%zu queued=%llu reclaimable=%llu ms=%llu", rec.groups,
+              rec.jobs, rec.limiters, (unsigned long long)st->queued,
               (unsigned long long)st->reclaimable, (unsigned long long)(clock_mono_ms() - t0));
 
     if (loop_new(&loop, &cfg, eng, store, sigfd, err, sizeof(err)) != 0) {

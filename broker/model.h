@@ -99,7 +99,17 @@ struct job_row {
     uint64_t backoff_ms;      /* immutable: the first retry's delay */
     bool started;             /* the current attempt called started() */
     uint64_t next_attempt_ms; /* RETRY_WAIT: when the job is queued again */
+    const char *limiters;     /* immutable: the limiters it names, '\n'-separated; "" none */
+    const char *idem_key;     /* immutable: its idempotency key; NULL: none */
+    bool holds_tokens;        /* it holds one token of each of its limiters (S10) */
     bool is_new;
+};
+
+/* One limiter as stored (S10): written when created or changed, deleted when deleted. */
+struct limiter_row {
+    const char *name;
+    uint32_t total_tokens;
+    bool deleted; /* true: DELETE the row */
 };
 
 #endif

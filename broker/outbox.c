@@ -49,6 +49,7 @@ outbox_reset(struct outbox *ob)
     ob->nmsgs = 0;
     ob->ngroups = 0;
     ob->njobs = 0;
+    ob->nlimiters = 0;
     arena_reset(&ob->arena);
 }
 
@@ -59,6 +60,7 @@ outbox_fini(struct outbox *ob)
     free(ob->msgs);
     free(ob->groups);
     free(ob->jobs);
+    free(ob->limiters);
     arena_fini(&ob->arena);
     outbox_init(ob);
 }
@@ -102,5 +104,17 @@ outbox_job_row(struct outbox *ob, const struct job_row *row)
         return false;
     ob->jobs = arr;
     ob->jobs[ob->njobs++] = *row;
+    return true;
+}
+
+/* Appends a copy of *row (its name stays borrowed); false when out of memory. */
+bool
+outbox_limiter_row(struct outbox *ob, const struct limiter_row *row)
+{
+    void *arr = ob->limiters;
+    if (!grow(&arr, &ob->caplimiters, ob->nlimiters, sizeof(struct limiter_row)))
+        return false;
+    ob->limiters = arr;
+    ob->limiters[ob->nlimiters++] = *row;
     return true;
 }

@@ -78,6 +78,16 @@ static const char *const MIGRATIONS[] = {
     "ALTER TABLE jobs ADD COLUMN backoff_ms INTEGER NOT NULL DEFAULT 1000;"
     "ALTER TABLE jobs ADD COLUMN started INTEGER NOT NULL DEFAULT 0;"
     "ALTER TABLE jobs ADD COLUMN next_attempt_ms INTEGER NOT NULL DEFAULT 0;",
+    /* 4: capacity limiters (S10) and idempotency keys (S11). A job's limiters are its
+     * names joined by newlines (immutable; a name holds no control character), and
+     * holds_tokens says whether it holds their tokens: the lease is the job's own row, so
+     * no crash can leak or double a token. */
+    "CREATE TABLE limiters ("
+    " name TEXT PRIMARY KEY,"
+    " total_tokens INTEGER NOT NULL) WITHOUT ROWID;"
+    "ALTER TABLE jobs ADD COLUMN limiters TEXT NOT NULL DEFAULT '';"
+    "ALTER TABLE jobs ADD COLUMN holds_tokens INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE jobs ADD COLUMN idem_key TEXT;",
 };
 
 #define STORE_SCHEMA_LATEST ((int)(sizeof MIGRATIONS / sizeof MIGRATIONS[0]))
@@ -127,6 +137,7 @@ enum job_col {
     JC_ENDED_MS,
     JC_STARTED,
     JC_NEXT_ATTEMPT_MS,
+    JC_HOLDS_TOKENS,
     JC_ID, /* first immutable column; the UPDATE's WHERE */
     JC_GROUP_ID,
     JC_KIND,
@@ -138,15 +149,17 @@ enum job_col {
     JC_WAIT_STARTED,
     JC_MAX_ATTEMPTS,
     JC_BACKOFF_MS,
+    JC_LIMITERS,
+    JC_IDEM_KEY,
 };
 
 #define JOB_MUTABLE                                                                                \
     "state, outcome, attempt, result, err_type, err_message, err_details, "                        \
     "cancel_called, cancelled_caught, cancel_source, cancel_reason, "                              \
-    "failed_seq, ended_ms, started, next_attempt_ms"
+    "failed_seq, ended_ms, started, next_attempt_ms, holds_tokens"
 #define JOB_COLUMNS                                                                                \
     JOB_MUTABLE ", id, group_id, kind, payload, created_ms, deadline_ms, on_deadline, shield, "    \
-                "wait_started, max_attempts, backoff_ms"
+                "wait_started, max_attempts, backoff_ms, limiters, idem_key"
 
 /* The prepared statements, by purpose. */
 enum stmt_id {
@@ -159,6 +172,9 @@ enum stmt_id {
     STMT_JOB_INSERT,
     STMT_JOB_UPDATE,
     STMT_JOB_LOAD,
+    STMT_LIMITER_PUT,
+    STMT_LIMITER_DELETE,
+    STMT_LIMITER_LOAD,
     STMT_COUNT
 };
 
@@ -175,13 +191,17 @@ static const char *const STMT_SQL[STMT_COUNT] = {
     [STMT_GROUP_LOAD] = "SELECT " GROUP_COLUMNS " FROM groups ORDER BY id",
     [STMT_JOB_INSERT] = "INSERT INTO jobs (" JOB_COLUMNS ") VALUES "
                         "(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, "
-                        "?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26)",
+                        "?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29)",
     [STMT_JOB_UPDATE] = "UPDATE jobs SET state = ?1, outcome = ?2, attempt = ?3, result = ?4, "
                         "err_type = ?5, err_message = ?6, err_details = ?7, "
                         "cancel_called = ?8, cancelled_caught = ?9, cancel_source = ?10, "
                         "cancel_reason = ?11, failed_seq = ?12, ended_ms = ?13, started = ?14, "
-                        "next_attempt_ms = ?15 WHERE id = ?16",
+                        "next_attempt_ms = ?15, holds_tokens = ?16 WHERE id = ?17",
     [STMT_JOB_LOAD] = "SELECT " JOB_COLUMNS " FROM jobs ORDER BY id",
+    [STMT_LIMITER_PUT] = "INSERT INTO limiters (name, total_tokens) VALUES (?1, ?2) "
+                         "ON CONFLICT (name) DO UPDATE SET total_tokens = excluded.total_tokens",
+    [STMT_LIMITER_DELETE] = "DELETE FROM limiters WHERE name = ?1",
+    [STMT_LIMITER_LOAD] = "SELECT name, total_tokens FROM limiters ORDER BY name",
 };
 
 struct store {
@@ -622,6 +642,7 @@ store_put_job(struct store *s, const struct job_row *row)
     bind_u64(st, JC_ENDED_MS, row->ended_ms, &rc);
     bind_int(st, JC_STARTED, row->started, &rc);
     bind_u64(st, JC_NEXT_ATTEMPT_MS, row->next_attempt_ms, &rc);
+    bind_int(st, JC_HOLDS_TOKENS, row->holds_tokens, &rc);
     bind_u64(st, JC_ID, row->id, &rc);
     if (row->is_new) {
         bind_u64(st, JC_GROUP_ID, row->group_id, &rc);
@@ -634,6 +655,8 @@ store_put_job(struct store *s, const struct job_row *row)
         bind_int(st, JC_WAIT_STARTED, row->wait_started, &rc);
         bind_u64(st, JC_MAX_ATTEMPTS, row->max_attempts, &rc);
         bind_u64(st, JC_BACKOFF_MS, row->backoff_ms, &rc);
+        bind_text(st, JC_LIMITERS, row->limiters ? row->limiters : "", &rc);
+        bind_text(st, JC_IDEM_KEY, row->idem_key, &rc);
     }
     if (rc != SQLITE_OK) {
         set_err(s, "store: %s %" PRIu64 ": bind: %s", what, row->id, sqlite3_errstr(rc));
@@ -750,6 +773,9 @@ read_job(sqlite3_stmt *st, struct job_row *row)
         .backoff_ms = col_u64(st, JC_BACKOFF_MS),
         .started = sqlite3_column_int(st, JC_STARTED) != 0,
         .next_attempt_ms = col_u64(st, JC_NEXT_ATTEMPT_MS),
+        .holds_tokens = sqlite3_column_int(st, JC_HOLDS_TOKENS) != 0,
+        .limiters = col_text(st, JC_LIMITERS, &bad),
+        .idem_key = col_text(st, JC_IDEM_KEY, &bad),
         .is_new = false,
     };
     return !bad;
@@ -809,6 +835,56 @@ store_load(struct store *s, int (*on_group)(void *arg, const struct group_row *r
     if (ret == 0 && on_job) {
         ret = load_table(s, STMT_JOB_LOAD, "jobs", NULL, on_job, arg);
     }
+    return ret;
+}
+
+/* Writes a limiter (insert or update of its total) or deletes it; see store.h. */
+int
+store_put_limiter(struct store *s, const struct limiter_row *row)
+{
+    sqlite3_stmt *st = s->stmt[row->deleted ? STMT_LIMITER_DELETE : STMT_LIMITER_PUT];
+    int rc = SQLITE_OK;
+
+    bind_text(st, 1, row->name, &rc);
+    if (!row->deleted)
+        bind_int(st, 2, row->total_tokens, &rc);
+    if (rc != SQLITE_OK) {
+        set_err(s, "store: limiter %s: bind: %s", row->name, sqlite3_errstr(rc));
+        sqlite3_clear_bindings(st);
+        return -1;
+    }
+    return finish(s, st, row->deleted ? "delete limiter" : "put limiter", 0, false);
+}
+
+/* Reads every limiter in name order; see store.h. */
+int
+store_load_limiters(struct store *s, int (*on_limiter)(void *arg, const struct limiter_row *row),
+                    void *arg)
+{
+    sqlite3_stmt *st = s->stmt[STMT_LIMITER_LOAD];
+    int ret = 0;
+    int rc;
+
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        bool bad = false;
+        struct limiter_row r = {
+            .name = col_text(st, 0, &bad),
+            .total_tokens = (uint32_t)sqlite3_column_int64(st, 1),
+        };
+        if (bad || r.name == NULL) {
+            rc = SQLITE_NOMEM;
+            break;
+        }
+        ret = on_limiter(arg, &r);
+        if (ret != 0)
+            break;
+    }
+    if (ret == 0 && rc != SQLITE_DONE) {
+        set_err(s, "store: load limiters: %s",
+                rc == SQLITE_NOMEM ? sqlite3_errstr(rc) : sqlite3_errmsg(s->db));
+        ret = -1;
+    }
+    sqlite3_reset(st);
     return ret;
 }
 

@@ -50,6 +50,14 @@ int store_rollback(struct store *s);
 int store_load(struct store *s, int (*on_group)(void *arg, const struct group_row *row),
                int (*on_job)(void *arg, const struct job_row *row), void *arg);
 
+/* Writes a limiter row: INSERT or UPDATE of its total, or DELETE when row->deleted.
+ * The row is borrowed. Inside a transaction, like the puts above. */
+int store_put_limiter(struct store *s, const struct limiter_row *row);
+/* Reads every limiter in name order (call before store_load: jobs name limiters), with
+ * the same callback conventions as store_load. */
+int store_load_limiters(struct store *s,
+                        int (*on_limiter)(void *arg, const struct limiter_row *row), void *arg);
+
 /* The last SQLite error message (borrowed, never NULL). */
 const char *store_errmsg(const struct store *s);
 

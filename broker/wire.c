@@ -43,6 +43,9 @@ _Static_assert((int)EV_JOB_STARTED == CORRAL__V1__EVENT_TYPE__EVENT_JOB_STARTED,
 _Static_assert((int)EV_JOB_ENDED == CORRAL__V1__EVENT_TYPE__EVENT_JOB_ENDED, "event");
 _Static_assert((int)EV_GROUP_CANCELLING == CORRAL__V1__EVENT_TYPE__EVENT_GROUP_CANCELLING, "event");
 _Static_assert((int)EV_GROUP_ENDED == CORRAL__V1__EVENT_TYPE__EVENT_GROUP_ENDED, "event");
+_Static_assert((int)EV_SUBSCRIPTION_OVERFLOW == CORRAL__V1__EVENT_TYPE__EVENT_SUBSCRIPTION_OVERFLOW,
+               "event");
+_Static_assert((int)ST_WAITING == CORRAL__V1__STATE__STATE_WAITING, "state");
 _Static_assert((int)CORRAL_OK == CORRAL__V1__ERROR_CODE__ERR_OK, "code");
 _Static_assert((int)CORRAL_EBADREQUEST == CORRAL__V1__ERROR_CODE__ERR_BAD_REQUEST, "code");
 _Static_assert((int)CORRAL_EVERSION == CORRAL__V1__ERROR_CODE__ERR_UNSUPPORTED_VERSION, "code");
@@ -147,8 +150,44 @@ decode_client(const Corral__V1__Envelope *env, struct cmd *c, const char **errms
         c->wait_started = b->wait_started != 0;
         c->max_attempts = b->max_attempts;
         c->backoff_ms = b->backoff_ms;
+        c->idem_key = str_or_empty(b->idempotency_key);
+        c->limiters = (const char *const *)b->limiters;
+        c->nlimiters = b->n_limiters;
+        for (size_t i = 0; i < b->n_limiters; i++) {
+            if (str_empty(b->limiters[i])) {
+                *errmsg = "submit: empty limiter name";
+                return CORRAL_EBADREQUEST;
+            }
+            for (size_t k = 0; k < i; k++) {
+                if (strcmp(b->limiters[k], b->limiters[i]) == 0) {
+                    *errmsg = "submit: a limiter is named twice";
+                    return CORRAL_EBADREQUEST;
+                }
+            }
+        }
         return decode_scope(b->scope, &c->scope, errmsg);
     }
+    case CORRAL__V1__ENVELOPE__BODY_SET_LIMITER:
+        c->type = CMD_SET_LIMITER;
+        if (str_empty(env->set_limiter->name)) {
+            *errmsg = "set_limiter: missing required field name";
+            return CORRAL_EBADREQUEST;
+        }
+        c->id = env->set_limiter->name;
+        c->total_tokens = env->set_limiter->total_tokens;
+        return 0;
+    case CORRAL__V1__ENVELOPE__BODY_DELETE_LIMITER:
+        c->type = CMD_DELETE_LIMITER;
+        if (str_empty(env->delete_limiter->name)) {
+            *errmsg = "delete_limiter: missing required field name";
+            return CORRAL_EBADREQUEST;
+        }
+        c->id = env->delete_limiter->name;
+        return 0;
+    case CORRAL__V1__ENVELOPE__BODY_GET_LIMITERS:
+        c->type = CMD_GET_LIMITERS;
+        c->id = str_or_empty(env->get_limiters->name);
+        return 0;
     case CORRAL__V1__ENVELOPE__BODY_CLOSE_GROUP:
         c->type = CMD_CLOSE_GROUP;
         if (str_empty(env->close_group->group)) {
@@ -384,6 +423,12 @@ cmd_utf8_valid(const struct cmd *c)
         if (!utf8_valid(c->kinds[i]))
             return false;
     }
+    for (size_t i = 0; i < c->nlimiters; i++) {
+        if (!utf8_valid(c->limiters[i]))
+            return false;
+    }
+    if (c->idem_key != NULL && !utf8_valid(c->idem_key))
+        return false;
     for (size_t i = 0; i < c->nrunning; i++) {
         if (!utf8_valid(c->running[i].job))
             return false;
@@ -407,6 +452,9 @@ classify(const Corral__V1__Envelope *env)
     case CORRAL__V1__ENVELOPE__BODY_GET_TREE:
     case CORRAL__V1__ENVELOPE__BODY_WAIT_GROUP:
     case CORRAL__V1__ENVELOPE__BODY_SUBSCRIBE:
+    case CORRAL__V1__ENVELOPE__BODY_SET_LIMITER:
+    case CORRAL__V1__ENVELOPE__BODY_DELETE_LIMITER:
+    case CORRAL__V1__ENVELOPE__BODY_GET_LIMITERS:
         return BODY_CLIENT;
     case CORRAL__V1__ENVELOPE__BODY_READY:
     case CORRAL__V1__ENVELOPE__BODY_HEARTBEAT:
@@ -653,6 +701,15 @@ build_node(struct arena *a, const struct tnode *n, bool deep)
     pn->max_attempts = n->max_attempts;
     pn->next_attempt_unix_ms = n->next_attempt_ms;
     pn->started = n->started;
+    if (n->nlimiters > 0) {
+        char **names = alloc_array(a, n->nlimiters, sizeof(*names));
+        if (names == NULL)
+            return NULL;
+        for (size_t i = 0; i < n->nlimiters; i++)
+            names[i] = pbstr(n->limiters[i]);
+        pn->limiters = names;
+        pn->n_limiters = n->nlimiters;
+    }
     if (deep) {
         if (!build_node_list(a, n->children, n->nchildren, &pn->children, &pn->n_children))
             return NULL;
@@ -660,6 +717,37 @@ build_node(struct arena *a, const struct tnode *n, bool deep)
             return NULL;
     }
     return pn;
+}
+
+/* Fills reply->limiters from list[0..n) (borrowed) in arena a. False when out of memory. */
+static bool
+build_limiters(struct arena *a, const struct limiter_info *list, size_t n, Corral__V1__Reply *reply)
+{
+    static const Corral__V1__Limiter init = CORRAL__V1__LIMITER__INIT;
+    Corral__V1__Limiter *ls = alloc_array(a, n, sizeof(*ls));
+    Corral__V1__Limiter **ptrs = alloc_array(a, n, sizeof(*ptrs));
+    if (ls == NULL || ptrs == NULL)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        ls[i] = init;
+        ls[i].name = pbstr(list[i].name);
+        ls[i].total_tokens = list[i].total_tokens;
+        ls[i].borrowed_tokens = list[i].borrowed_tokens;
+        ls[i].waiting = list[i].waiting;
+        if (list[i].nborrowers > 0) {
+            char **b = alloc_array(a, list[i].nborrowers, sizeof(*b));
+            if (b == NULL)
+                return false;
+            for (size_t k = 0; k < list[i].nborrowers; k++)
+                b[k] = pbstr(list[i].borrowers[k]);
+            ls[i].borrowers = b;
+            ls[i].n_borrowers = list[i].nborrowers;
+        }
+        ptrs[i] = &ls[i];
+    }
+    reply->limiters = ptrs;
+    reply->n_limiters = n;
+    return true;
 }
 
 /* Maps a reply code to the proto's ErrorCode: equal numbers for the broker's codes
@@ -754,6 +842,11 @@ wire_encode(struct wire_encoder *w, const struct out_msg *m, const uint8_t **out
         reply.heartbeat_interval_ms = m->hb_interval_ms;
         reply.heartbeat_timeout_ms = m->hb_timeout_ms;
         reply.value = pbbytes(m->value);
+        reply.duplicate = m->duplicate;
+        if (m->nlimiters > 0 && !build_limiters(a, m->limiters, m->nlimiters, &reply)) {
+            rc = CORRAL_ENOMEM;
+            goto out;
+        }
         if (m->error != NULL) {
             reply.error = build_error(a, m->error);
             if (reply.error == NULL) {
