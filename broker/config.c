@@ -58,6 +58,10 @@ static const struct option_def options[] = {
      "(0: no bound)"},
     {"max-queued-per-kind", "CORRAL_MAX_QUEUED_PER_KIND", "10000", OPT_COUNT,
      FIELD(max_queued_per_kind), "the same bound for the jobs of one kind (0: no bound)"},
+    {"send-hwm", "CORRAL_SEND_HWM", "100000", OPT_COUNT, FIELD(send_hwm),
+     "messages queued to one peer before its queue is full; then replies, dispatches and "
+     "cancels wait in a backlog and a subscription that cannot keep up ends with "
+     "SUBSCRIPTION_OVERFLOW (0: no limit)"},
     {"log-level", "CORRAL_LOG_LEVEL", "info", OPT_LOG_LEVEL, FIELD(log_level),
      "debug, info, warn or error"},
     {"log-format", "CORRAL_LOG_FORMAT", "logfmt", OPT_LOG_FORMAT, FIELD(log_format),

@@ -23,6 +23,7 @@ struct config {
     uint64_t max_message;         /* bytes: hard cap (ZMQ_MAXMSGSIZE), the peer is dropped */
     uint64_t max_queued;          /* S11: queued jobs in all before BUSY; 0: no bound */
     uint64_t max_queued_per_kind; /* the same per kind */
+    uint64_t send_hwm;            /* ZMQ_SNDHWM of each ROUTER, per peer */
     enum log_level log_level;
     enum log_format log_format;
 };

@@ -74,6 +74,12 @@ void engine_end_turn(struct engine *e);
  * subscriptions. Workers are left to the heartbeat timeout. */
 void engine_peer_gone(struct engine *e, const struct peer *p);
 
+/* The subscriber p could not take an event of its subscription (request_id, to group)
+ * in time (its queue is full): the subscription ends, events of it are no longer made.
+ * Returns whether it was still subscribed (the caller then tells it, S11). */
+bool engine_subscription_overflow(struct engine *e, const struct peer *p, const char *group,
+                                  uint64_t request_id);
+
 /* The broker is stopping: queue a Shutdown message to every connected worker. */
 void engine_shutdown(struct engine *e, struct outbox *out);
 

@@ -208,3 +208,22 @@ engine_peer_gone(struct engine *e, const struct peer *p)
         }
     }
 }
+
+bool
+engine_subscription_overflow(struct engine *e, const struct peer *p, const char *group,
+                             uint64_t request_id)
+{
+    struct group *g = as_group(engine_lookup(e, group, NODE_GROUP));
+    if (g == NULL)
+        return false;
+    for (struct listener **l = &g->subs; *l; l = &(*l)->next) {
+        if ((*l)->request_id == request_id && same_peer(&(*l)->peer, p)) {
+            struct listener *gone = *l;
+            *l = gone->next;
+            free(gone);
+            e->nsubs--;
+            return true;
+        }
+    }
+    return false;
+}

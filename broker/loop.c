@@ -16,10 +16,25 @@
  * stay bounded while a flood still gets many jobs per commit. */
 #define TURN_BATCH 4096
 /* Queue bounds per peer, set on purpose; see the send path for what happens at them. */
-#define SEND_HWM 100000
 #define RECV_HWM 100000
+/* Messages kept for one peer whose queue is full (the backlog) before it is given up. */
+#define BACKLOG_PEER_MAX 10000
+/* How soon the loop retries the backlog. */
+#define BACKLOG_RETRY_MS 10
+/* Peers blocked in one pass over the backlog that are tracked (more: the pass stops). */
+#define BACKLOG_BLOCKED_MAX 64
 /* The loop wakes at least this often even with no timer due. */
 #define MAX_SLEEP_MS 1000
+
+/* A message that met a full peer queue (EAGAIN at ZMQ_SNDHWM), kept encoded until the
+ * peer reads again: replies, dispatches and cancels are promised by the protocol and are
+ * never dropped while the peer is there. */
+struct pending {
+    struct peer to;
+    size_t len;
+    struct pending *next;
+    uint8_t buf[];
+};
 
 struct loop {
     const struct config *cfg;
@@ -35,6 +50,9 @@ struct loop {
     bool gone_set;
     struct loop_stats stats;
     bool stopping;
+    struct pending *backlog; /* oldest first */
+    struct pending **backlog_tail;
+    size_t nbacklog;
 };
 
 static const char *const side_name[2] = {"client", "worker"};
@@ -55,7 +73,8 @@ open_router(struct loop *l, enum peer_side side, const char *endpoint, char *err
     l->sock[side] = s;
     int64_t maxmsg = (int64_t)l->cfg->max_message;
     if (set_int(s, ZMQ_ROUTER_MANDATORY, 1) != 0 || set_int(s, ZMQ_LINGER, 0) != 0 ||
-        set_int(s, ZMQ_SNDHWM, SEND_HWM) != 0 || set_int(s, ZMQ_RCVHWM, RECV_HWM) != 0 ||
+        set_int(s, ZMQ_SNDHWM, (int)l->cfg->send_hwm) != 0 ||
+        set_int(s, ZMQ_RCVHWM, RECV_HWM) != 0 ||
         zmq_setsockopt(s, ZMQ_MAXMSGSIZE, &maxmsg, sizeof(maxmsg)) != 0)
         goto fail;
     if (zmq_bind(s, endpoint) != 0)
@@ -90,6 +109,7 @@ loop_new(struct loop **out, const struct config *cfg, struct engine *eng, struct
     l->sigfd = signal_fd;
     outbox_init(&l->out);
     wire_encoder_init(&l->enc);
+    l->backlog_tail = &l->backlog;
     l->ctx = zmq_ctx_new();
     if (l->ctx == NULL) {
         snprintf(err, errlen, "cannot create the ZeroMQ context: %s", zmq_strerror(errno));
@@ -123,6 +143,11 @@ loop_free(struct loop **p)
         zmq_ctx_term(l->ctx);
     outbox_fini(&l->out);
     wire_encoder_fini(&l->enc);
+    while (l->backlog) {
+        struct pending *pm = l->backlog;
+        l->backlog = pm->next;
+        free(pm);
+    }
     free(l);
     *p = NULL;
 }
@@ -247,38 +272,188 @@ same_peer(const struct peer *a, const struct peer *b)
     return a->side == b->side && a->len == b->len && memcmp(a->id, b->id, a->len) == 0;
 }
 
-/* Sends one message; a vanished peer is forgotten, a full queue is counted and logged
- * (never silently dropped). */
+/* A peer vanished (EHOSTUNREACH): the engine forgets it, once per turn. */
+static void
+peer_vanished(struct loop *l, const struct peer *to)
+{
+    l->stats.unreachable++;
+    if (!l->gone_set || !same_peer(&l->gone, to)) {
+        engine_peer_gone(l->eng, to);
+        l->gone = *to;
+        l->gone_set = true;
+    }
+}
+
+/* Sends one encoded frame to a peer: 0, or the errno of the failure. */
+static int
+send_frame(struct loop *l, const struct peer *to, const uint8_t *buf, size_t len)
+{
+    void *s = l->sock[to->side];
+    /* zmq_send copies the body into one allocation of its own. The routing frame fails
+     * with EAGAIN when the peer's queue is at its high-water mark. */
+    if (zmq_send(s, to->id, to->len, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0 ||
+        zmq_send(s, buf, len, ZMQ_DONTWAIT) < 0)
+        return errno;
+    l->stats.messages_out++;
+    return 0;
+}
+
+/* How many backlog messages wait for peer p. */
+static size_t
+backlog_count(const struct loop *l, const struct peer *p)
+{
+    size_t n = 0;
+    for (const struct pending *pm = l->backlog; pm; pm = pm->next)
+        n += same_peer(&pm->to, p);
+    return n;
+}
+
+/* Removes every backlog message of peer p. */
+static void
+backlog_drop_peer(struct loop *l, const struct peer *p)
+{
+    struct pending **pp = &l->backlog;
+    l->backlog_tail = &l->backlog;
+    while (*pp) {
+        if (same_peer(&(*pp)->to, p)) {
+            struct pending *gone = *pp;
+            *pp = gone->next;
+            free(gone);
+            l->nbacklog--;
+        } else {
+            l->backlog_tail = &(*pp)->next;
+            pp = &(*pp)->next;
+        }
+    }
+}
+
+/* Keeps a copy of an encoded message for later, behind the peer's earlier ones. A peer
+ * that has not read BACKLOG_PEER_MAX messages is given up: its backlog is dropped and it
+ * is forgotten as if it had vanished (its waits and subscriptions end; a worker is left
+ * to the heartbeat timeout), and that is logged. */
+static void
+backlog_push(struct loop *l, const struct peer *to, const uint8_t *buf, size_t len)
+{
+    if (backlog_count(l, to) >= BACKLOG_PEER_MAX) {
+        l->stats.send_full++;
+        log_event(LOG_WARN, "peer_dropped", "side=%s reason=\"it does not read its messages\"",
+                  side_name[to->side]);
+        backlog_drop_peer(l, to);
+        peer_vanished(l, to);
+        return;
+    }
+    struct pending *pm = malloc(sizeof(*pm) + len);
+    if (pm == NULL) {
+        /* Out of memory: the engine's policy (abort) applies here too; what was
+         * acknowledged is in SQLite. */
+        log_event(LOG_ERROR, "out_of_memory", "where=backlog");
+        abort();
+    }
+    pm->to = *to;
+    pm->len = len;
+    pm->next = NULL;
+    memcpy(pm->buf, buf, len);
+    *l->backlog_tail = pm;
+    l->backlog_tail = &pm->next;
+    l->nbacklog++;
+    l->stats.backlogged++;
+}
+
+/* Sends what the backlog holds, oldest first, keeping each peer's order: once a peer's
+ * queue is full again, its later messages wait for the next pass. */
+static void
+backlog_flush(struct loop *l)
+{
+    struct peer blocked[BACKLOG_BLOCKED_MAX];
+    size_t nblocked = 0;
+    struct pending **pp = &l->backlog;
+    while (*pp) {
+        struct pending *pm = *pp;
+        bool skip = false;
+        for (size_t i = 0; i < nblocked && !skip; i++)
+            skip = same_peer(&blocked[i], &pm->to);
+        int err = skip ? EAGAIN : send_frame(l, &pm->to, pm->buf, pm->len);
+        if (err == EAGAIN) {
+            if (!skip) {
+                if (nblocked == BACKLOG_BLOCKED_MAX)
+                    break;
+                blocked[nblocked++] = pm->to;
+            }
+            pp = &pm->next;
+            continue;
+        }
+        if (err == EHOSTUNREACH)
+            peer_vanished(l, &pm->to);
+        *pp = pm->next;
+        free(pm);
+        l->nbacklog--;
+    }
+    l->backlog_tail = &l->backlog;
+    while (*l->backlog_tail)
+        l->backlog_tail = &(*l->backlog_tail)->next;
+}
+
+/* An event the subscriber could not take: its subscription ends, and it is told so by
+ * one EVENT_SUBSCRIPTION_OVERFLOW (kept in the backlog until it can read it), so that no
+ * event goes missing without the subscriber knowing (S11). */
+static void
+event_overflow(struct loop *l, const struct out_msg *m)
+{
+    l->stats.events_overflowed++;
+    if (!engine_subscription_overflow(l->eng, &m->to, m->subscription, m->request_id))
+        return; /* already ended and told */
+    struct out_msg note = {
+        .type = OUTMSG_EVENT,
+        .to = m->to,
+        .request_id = m->request_id,
+        .event = EV_SUBSCRIPTION_OVERFLOW,
+        .subscription = m->subscription,
+    };
+    const uint8_t *buf = NULL;
+    size_t len = 0;
+    if (wire_encode(&l->enc, &note, &buf, &len) != 0) {
+        log_event(LOG_ERROR, "encode_failed", "side=%s", side_name[m->to.side]);
+        return;
+    }
+    log_event(LOG_WARN, "subscription_overflow", "group=%s", m->subscription);
+    backlog_push(l, &m->to, buf, len);
+}
+
+/* Sends one message. A vanished peer is forgotten; at a full peer queue the message
+ * waits in the backlog (an event ends its subscription instead); never a silent drop. */
 static void
 send_one(struct loop *l, const struct out_msg *m)
 {
     const uint8_t *buf = NULL;
     size_t len = 0;
+    bool behind = l->nbacklog > 0 && backlog_count(l, &m->to) > 0;
+    if (behind && m->type == OUTMSG_EVENT) {
+        event_overflow(l, m);
+        return;
+    }
     if (wire_encode(&l->enc, m, &buf, &len) != 0) {
         log_event(LOG_ERROR, "encode_failed", "side=%s", side_name[m->to.side]);
         return;
     }
-    void *s = l->sock[m->to.side];
-    /* zmq_send copies the body into one allocation of its own. */
-    if (zmq_send(s, m->to.id, m->to.len, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0 ||
-        zmq_send(s, buf, len, ZMQ_DONTWAIT) < 0) {
-        int e = errno;
-        if (e == EHOSTUNREACH) {
-            l->stats.unreachable++;
-            /* A turn may hold many messages for one vanished peer: forget it once. */
-            if (!l->gone_set || !same_peer(&l->gone, &m->to)) {
-                engine_peer_gone(l->eng, &m->to);
-                l->gone = m->to;
-                l->gone_set = true;
-            }
-        } else {
-            l->stats.send_full++;
-            log_event(LOG_WARN, "send_dropped", "side=%s reason=\"%s\" type=%d",
-                      side_name[m->to.side], zmq_strerror(e), (int)m->type);
-        }
+    if (behind) {
+        backlog_push(l, &m->to, buf, len);
         return;
     }
-    l->stats.messages_out++;
+    int err = send_frame(l, &m->to, buf, len);
+    if (err == 0)
+        return;
+    if (err == EHOSTUNREACH) {
+        peer_vanished(l, &m->to);
+    } else if (err == EAGAIN) {
+        if (m->type == OUTMSG_EVENT)
+            event_overflow(l, m);
+        else
+            backlog_push(l, &m->to, buf, len);
+    } else {
+        l->stats.send_full++;
+        log_event(LOG_WARN, "send_failed", "side=%s reason=\"%s\" type=%d", side_name[m->to.side],
+                  zmq_strerror(err), (int)m->type);
+    }
 }
 
 /* Writes the turn's rows in one transaction. */
@@ -317,6 +492,8 @@ turn(struct loop *l, uint64_t *next)
     long wait = *next == UINT64_MAX ? MAX_SLEEP_MS : (long)(*next > now ? *next - now : 0);
     if (wait > MAX_SLEEP_MS)
         wait = MAX_SLEEP_MS;
+    if (l->nbacklog > 0 && wait > BACKLOG_RETRY_MS)
+        wait = BACKLOG_RETRY_MS;
     zmq_pollitem_t items[5] = {
         {l->sock[SIDE_CLIENT], 0, ZMQ_POLLIN, 0},
         {l->sock[SIDE_WORKER], 0, ZMQ_POLLIN, 0},
@@ -355,6 +532,8 @@ turn(struct loop *l, uint64_t *next)
     if (commit(l) != 0)
         return -1;
     l->gone_set = false;
+    if (l->nbacklog > 0)
+        backlog_flush(l);
     for (size_t i = 0; i < l->out.nmsgs; i++)
         send_one(l, &l->out.msgs[i]);
     outbox_reset(&l->out);

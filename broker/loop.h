@@ -20,10 +20,12 @@ struct loop_stats {
     uint64_t rows;
     uint64_t messages_in;
     uint64_t messages_out;
-    uint64_t malformed;   /* undecodable, wrong frame count, wrong version or endpoint */
-    uint64_t disconnects; /* peers dropped, including those over the hard size cap */
-    uint64_t unreachable; /* sends to a vanished peer (ZMQ_ROUTER_MANDATORY) */
-    uint64_t send_full;   /* sends refused at a peer's high-water mark */
+    uint64_t malformed;         /* undecodable, wrong frame count, wrong version or endpoint */
+    uint64_t disconnects;       /* peers dropped, including those over the hard size cap */
+    uint64_t unreachable;       /* sends to a vanished peer (ZMQ_ROUTER_MANDATORY) */
+    uint64_t send_full;         /* peers given up at BACKLOG_PEER_MAX, or other send failures */
+    uint64_t backlogged;        /* messages kept because a peer's queue was full */
+    uint64_t events_overflowed; /* events a subscriber's full queue could not take */
 };
 
 /* Creates the ZeroMQ context and binds both endpoints. The engine and store are
