@@ -184,14 +184,22 @@ restore_limiters(struct engine *e, struct job *j, const struct job_row *r)
     for (char *save = NULL, *t = strtok_r(copy, "\n", &save); t && k < n;
          t = strtok_r(NULL, "\n", &save))
         names[k++] = t;
+    if (j->n.state == ST_ENDED) {
+        /* Only its names are kept, for trees: the limiters may have been deleted since. */
+        j->limiter_names = ecalloc(k, sizeof(*j->limiter_names));
+        for (size_t i = 0; i < k; i++)
+            j->limiter_names[i] = estrdup(names[i]);
+        j->nlimiters = k;
+        free(names);
+        free(copy);
+        return CORRAL_OK;
+    }
     bool ok = job_limiters_init(e, j, names, k, NULL, 0);
     free(names);
     free(copy);
     if (!ok)
         return CORRAL_EINTERNAL; /* a limiter in use was deleted: an inconsistent database */
-    if (j->n.state == ST_ENDED) {
-        job_limiters_done(e, j);
-    } else if (r->holds_tokens && (j->n.state == ST_RUNNING || j->n.state == ST_CANCELLING)) {
+    if (r->holds_tokens && (j->n.state == ST_RUNNING || j->n.state == ST_CANCELLING)) {
         tokens_acquire(e, j);
     }
     return CORRAL_OK;

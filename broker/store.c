@@ -845,9 +845,10 @@ store_put_limiter(struct store *s, const struct limiter_row *row)
     sqlite3_stmt *st = s->stmt[row->deleted ? STMT_LIMITER_DELETE : STMT_LIMITER_PUT];
     int rc = SQLITE_OK;
 
-    bind_text(st, 1, row->name, &rc);
+    /* bind_* take 0-based columns: parameter ?1 is column 0. */
+    bind_text(st, 0, row->name, &rc);
     if (!row->deleted)
-        bind_int(st, 2, row->total_tokens, &rc);
+        bind_int(st, 1, row->total_tokens, &rc);
     if (rc != SQLITE_OK) {
         set_err(s, "store: limiter %s: bind: %s", row->name, sqlite3_errstr(rc));
         sqlite3_clear_bindings(st);
