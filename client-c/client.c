@@ -23,7 +23,9 @@
 #define CLIENT_HWM       100000
 #define CLIENT_DRAIN_MAX 1024 /* frames read per opportunistic drain */
 #define NO_DEADLINE      UINT64_MAX
-#define POLL_DEADLINE    0 /* timeout 0: passed at once, without reading the clock */
+#define POLL_DEADLINE    0    /* timeout 0: passed at once, without reading the clock */
+#define BUSY_WAIT_MIN_MS 10   /* shortest wait before trying a BUSY submission again */
+#define BUSY_WAIT_MAX_MS 5000 /* longest */
 
 /* ------------------------------------------------------------------ small helpers */
 
@@ -59,11 +61,12 @@ client_set_error_lazy(struct corral_client *c, enum err_text kind, int arg)
     c->err_arg = arg;
 }
 
-/* Forgets the last error: a call starts. */
+/* Forgets the last error and its BUSY hint: a call starts. */
 void
 client_clear_error(struct corral_client *c)
 {
     c->err_kind = ERR_TEXT_NONE;
+    c->retry_after_ms = 0;
 }
 
 /* Records the local error rc with its generic description and returns rc. */
@@ -301,6 +304,8 @@ client_call_id(struct corral_client *c, Corral__V1__Envelope *env, uint64_t id, 
     }
     if (out != NULL)
         *out = rep;
+    if (rc == CORRAL_EBUSY)
+        c->retry_after_ms = r->retry_after_ms;
     if (rc != CORRAL_OK) {
         if (rc == CORRAL_EPROTO)
             set_error(c, "reply with unknown code %d", (int)r->code);
@@ -359,6 +364,9 @@ corral_client_new(struct corral_client **out, const char *endpoint, int timeout_
         goto out;
     }
     c->timeout_ms = timeout_ms;
+    /* Clients started together must not retry in step: seed from the time and the
+     * address. */
+    c->rng = (clock_mono_us() ^ (clock_wall_ms() << 20) ^ (uint64_t)(uintptr_t)c) | 1;
     c->ctx = zmq_ctx_new();
     if (c->ctx == NULL) {
         rc = CORRAL_EIO;
@@ -436,6 +444,13 @@ corral_client_last_error(const struct corral_client *c)
         return c->err_buf;
     }
     return "";
+}
+
+/* Borrows c; never blocks. */
+uint32_t
+corral_client_retry_after_ms(const struct corral_client *c)
+{
+    return c != NULL ? c->retry_after_ms : 0;
 }
 
 /* Whether scope (borrowed; NULL: none) is valid: at most one of the two deadlines, and a
@@ -537,13 +552,33 @@ corral_submit_scoped(struct corral_client *c, const char *group, const char *kin
     return corral_submit_opts(c, group, kind, payload, len, &opts, id_out, cancelled);
 }
 
+/* Whether the n limiter names (borrowed) are non-empty and distinct. A job names a few:
+ * comparing every pair costs less than sorting a copy. */
+static bool
+limiters_valid(const char *const *names, size_t n)
+{
+    size_t i, j;
+
+    if (n > 0 && names == NULL)
+        return false;
+    for (i = 0; i < n; i++) {
+        if (!client_nonempty(names[i]))
+            return false;
+        for (j = 0; j < i; j++)
+            if (strcmp(names[i], names[j]) == 0)
+                return false;
+    }
+    return true;
+}
+
 /* Whether the arguments of a submission (borrowed) are valid. */
 static bool
 submit_valid(const char *group, const char *kind, const void *payload, size_t len,
              const struct corral_submit_opts *opts)
 {
     return client_nonempty(group) && client_nonempty(kind) && (payload != NULL || len == 0) &&
-           (opts == NULL || scope_valid(&opts->scope));
+           (opts == NULL ||
+            (scope_valid(&opts->scope) && limiters_valid(opts->limiters, opts->nlimiters)));
 }
 
 /* Fills env and body (borrowed) for a submission with opts (borrowed; NULL: none), the
@@ -559,9 +594,84 @@ fill_submit_env(Corral__V1__Envelope *env, Corral__V1__Submit *body, Corral__V1_
         body->scope = fill_scope(pb_scope, &opts->scope);
         body->max_attempts = opts->max_attempts;
         body->backoff_ms = opts->backoff_ms;
+        /* protobuf-c only reads them while packing; its fields are not const. */
+        body->n_limiters = opts->nlimiters;
+        body->limiters = (char **)opts->limiters;
+        if (client_nonempty(opts->idempotency_key))
+            body->idempotency_key = (char *)opts->idempotency_key;
     }
     env->body_case = CORRAL__V1__ENVELOPE__BODY_SUBMIT;
     env->submit = body;
+}
+
+/* The next wait before a BUSY submission is tried again: twice the last one (prev; 0 for
+ * the first), at least the broker's hint and BUSY_WAIT_MIN_MS, at most BUSY_WAIT_MAX_MS.
+ * Without the jitter, which busy_sleep_ms adds. */
+static uint32_t
+busy_delay(uint32_t prev, uint32_t hint)
+{
+    uint64_t d = (uint64_t)prev * 2;
+
+    if (d < hint)
+        d = hint;
+    if (d < BUSY_WAIT_MIN_MS)
+        d = BUSY_WAIT_MIN_MS;
+    return d > BUSY_WAIT_MAX_MS ? BUSY_WAIT_MAX_MS : (uint32_t)d;
+}
+
+/* delay plus up to 10% of it at random (c's xorshift64), at most BUSY_WAIT_MAX_MS: many
+ * clients turned away at once do not all come back at once. */
+static uint32_t
+busy_sleep_ms(struct corral_client *c, uint32_t delay)
+{
+    uint64_t x = c->rng, d;
+
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    c->rng = x;
+    d = delay + x % ((uint64_t)delay / 10 + 1);
+    return d > BUSY_WAIT_MAX_MS ? BUSY_WAIT_MAX_MS : (uint32_t)d;
+}
+
+/* Sends the submission in env (borrowed) and waits for its reply as client_call_id does,
+ * the reply in *out (NULL when none came). Each try is bounded by timeout_ms (negative:
+ * forever), or, when whole, by what is left of it since the call began. With
+ * opts->wait_for_capacity (opts borrowed; may be NULL), a BUSY reply is waited out while
+ * reading the socket, and the submission sent again (see corral.h), while the client's
+ * timeout lasts from the call's start (and, when whole, only while the wait leaves some of
+ * timeout_ms for the next try); then the last BUSY reply is returned. */
+static int
+call_submit(struct corral_client *c, Corral__V1__Envelope *env, int timeout_ms, bool whole,
+            const struct corral_submit_opts *opts, const Corral__V1__Envelope **out)
+{
+    uint64_t end = client_deadline_after(timeout_ms);
+    uint64_t budget = client_deadline_after(c->timeout_ms);
+    uint32_t delay = 0;
+
+    for (;;) {
+        int rc;
+        long left, wait;
+
+        *out = NULL;
+        rc = call(c, env, whole ? (int)remaining_ms(end) : timeout_ms, out);
+        if (rc != CORRAL_EBUSY || opts == NULL || !opts->wait_for_capacity)
+            return rc;
+        delay = busy_delay(delay, c->retry_after_ms);
+        wait = (long)busy_sleep_ms(c, delay);
+        left = remaining_ms(budget);
+        if (left == 0)
+            return rc;
+        if (left > 0 && left < wait)
+            wait = left;
+        left = remaining_ms(end);
+        if (whole && left >= 0 && left <= wait)
+            return rc;
+        /* A wait for no reply (request id 0 is never used) routes what arrives meanwhile. */
+        rc = client_wait_until(c, WAIT_REPLY, 0, clock_mono_ms() + (uint64_t)wait, NULL);
+        if (rc == CORRAL_EIO)
+            return client_fail_local(c, rc);
+    }
 }
 
 /* Borrows every argument; writes the job's id into id_out. */
@@ -581,9 +691,11 @@ corral_submit_opts(struct corral_client *c, const char *group, const char *kind,
     if (!submit_valid(group, kind, payload, len, opts) || id_out == NULL)
         return client_fail_local(c, CORRAL_EINVAL);
     fill_submit_env(&env, &body, &pb_scope, group, kind, payload, len, opts);
-    rc = call(c, &env, c->timeout_ms, &rep);
+    rc = call_submit(c, &env, c->timeout_ms, false, opts, &rep);
     if (rc == CORRAL_OK)
         rc = take_id(c, rep, id_out, cancelled);
+    if (rc == CORRAL_OK && opts != NULL && opts->duplicate != NULL)
+        *opts->duplicate = rep->reply->duplicate != 0;
     return rc;
 }
 
@@ -660,7 +772,7 @@ corral_start(struct corral_client *c, const char *group, const char *kind, const
         return client_fail_local(c, CORRAL_EINVAL);
     fill_submit_env(&env, &body, &pb_scope, group, kind, payload, len, opts);
     body.wait_started = true;
-    rc = call(c, &env, timeout_ms, &rep);
+    rc = call_submit(c, &env, timeout_ms, true, opts, &rep);
     if (rc == CORRAL_ETIMEDOUT) {
         set_error(c,
                   "no answer within %d ms: the job has not signalled readiness (it keeps "
@@ -674,6 +786,8 @@ corral_start(struct corral_client *c, const char *group, const char *kind, const
     if (rc != CORRAL_OK && rc != CORRAL_ESTARTFAILED && rc != CORRAL_ESTARTCANCELLED &&
         rc != CORRAL_ENOTSTARTED)
         return rc; /* refused: nothing was submitted */
+    if (named && opts != NULL && opts->duplicate != NULL)
+        *opts->duplicate = rep->reply->duplicate != 0;
     rc = take_start(c, rep->reply, rc, named, id, value, value_len, error);
     if (named && id_out != NULL)
         memcpy(id_out, id, sizeof id);
@@ -794,4 +908,81 @@ corral_group_wait(struct corral_client *c, const char *group, int timeout_ms,
     if (rc == CORRAL_OK)
         rc = take_tree(c, rep, out);
     return rc;
+}
+
+/* ------------------------------------------------------------------ limiters */
+
+/* Borrows name. */
+int
+corral_limiter_set(struct corral_client *c, const char *name, uint32_t total_tokens)
+{
+    Corral__V1__Envelope env = CORRAL__V1__ENVELOPE__INIT;
+    Corral__V1__SetLimiter body = CORRAL__V1__SET_LIMITER__INIT;
+
+    if (c == NULL)
+        return CORRAL_EINVAL;
+    if (!client_nonempty(name))
+        return client_fail_local(c, CORRAL_EINVAL);
+    body.name = (char *)name;
+    body.total_tokens = total_tokens;
+    env.body_case = CORRAL__V1__ENVELOPE__BODY_SET_LIMITER;
+    env.set_limiter = &body;
+    return call(c, &env, c->timeout_ms, NULL);
+}
+
+/* Borrows name. */
+int
+corral_limiter_delete(struct corral_client *c, const char *name)
+{
+    Corral__V1__Envelope env = CORRAL__V1__ENVELOPE__INIT;
+    Corral__V1__DeleteLimiter body = CORRAL__V1__DELETE_LIMITER__INIT;
+
+    if (c == NULL)
+        return CORRAL_EINVAL;
+    if (!client_nonempty(name))
+        return client_fail_local(c, CORRAL_EINVAL);
+    body.name = (char *)name;
+    env.body_case = CORRAL__V1__ENVELOPE__BODY_DELETE_LIMITER;
+    env.delete_limiter = &body;
+    return call(c, &env, c->timeout_ms, NULL);
+}
+
+/* Borrows name (NULL or "": every limiter); returns owned *out and *n. A reply to a named
+ * request must hold exactly that limiter. */
+int
+corral_limiter_get(struct corral_client *c, const char *name, struct corral_limiter **out,
+                   size_t *n)
+{
+    int rc;
+    Corral__V1__Envelope env = CORRAL__V1__ENVELOPE__INIT;
+    Corral__V1__GetLimiters body = CORRAL__V1__GET_LIMITERS__INIT;
+    const Corral__V1__Envelope *rep = NULL;
+    const Corral__V1__Reply *r;
+
+    if (c == NULL)
+        return CORRAL_EINVAL;
+    if (out == NULL || n == NULL)
+        return client_fail_local(c, CORRAL_EINVAL);
+    body.name = pb_str(name);
+    env.body_case = CORRAL__V1__ENVELOPE__BODY_GET_LIMITERS;
+    env.get_limiters = &body;
+    rc = call(c, &env, c->timeout_ms, &rep);
+    if (rc != CORRAL_OK)
+        return rc;
+    r = rep->reply;
+    if (client_nonempty(name) &&
+        (r->n_limiters != 1 || r->limiters[0] == NULL || r->limiters[0]->name == NULL ||
+         strcmp(r->limiters[0]->name, name) != 0)) {
+        set_error(c, "reply without limiter %s", name);
+        return CORRAL_EPROTO;
+    }
+    rc = codec_limiters_new(out, r->limiters, r->n_limiters);
+    if (rc == CORRAL_EPROTO) {
+        set_error_static(c, "malformed limiter in reply");
+        return rc;
+    }
+    if (rc != CORRAL_OK)
+        return client_fail_local(c, rc);
+    *n = r->n_limiters;
+    return CORRAL_OK;
 }

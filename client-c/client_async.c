@@ -146,7 +146,8 @@ ring_push(struct result_ring *r, const struct corral_submit_result *res)
 /* ------------------------------------------------------------------ routing */
 
 /* Whether the event pb (borrowed) of the subscription request_id passes its filter; the
- * group's own GROUP_ENDED (which always passes) ends the filter. */
+ * last event of the subscription, the group's own GROUP_ENDED or a SUBSCRIPTION_OVERFLOW,
+ * always passes and ends the filter. */
 static bool
 filter_pass(struct corral_client *c, uint64_t request_id, const Corral__V1__Event *pb)
 {
@@ -159,8 +160,9 @@ filter_pass(struct corral_client *c, uint64_t request_id, const Corral__V1__Even
     f = *pp;
     if (f == NULL)
         return true; /* no filter: every type */
-    if (type == CORRAL_EVENT_GROUP_ENDED && pb->node != NULL && pb->node->id != NULL &&
-        strcmp(pb->node->id, f->group) == 0) {
+    if (type == CORRAL_EVENT_SUBSCRIPTION_OVERFLOW ||
+        (type == CORRAL_EVENT_GROUP_ENDED && pb->node != NULL && pb->node->id != NULL &&
+         strcmp(pb->node->id, f->group) == 0)) {
         *pp = f->next;
         free(f);
         return true;
@@ -314,7 +316,7 @@ corral_submit_pending(const struct corral_client *c)
     return c->submits.count + c->results.count;
 }
 
-/* The event types a mask may name. */
+/* The event types a mask may name (not SUBSCRIPTION_OVERFLOW, which always comes). */
 #define EVENT_MASK_ALL                                                                             \
     ((1u << CORRAL_EVENT_JOB_DISPATCHED) | (1u << CORRAL_EVENT_JOB_STARTED) |                      \
      (1u << CORRAL_EVENT_JOB_ENDED) | (1u << CORRAL_EVENT_GROUP_CANCELLING) |                      \

@@ -39,7 +39,7 @@ struct event_item {
 
 /* A subscription with a filter (mask != 0). The broker filters too, but one that predates
  * the filter sends every type: the others are dropped here. The group's own GROUP_ENDED
- * always passes, and ends the subscription and this record. */
+ * and a SUBSCRIPTION_OVERFLOW always pass, and end the subscription and this record. */
 struct sub_filter {
     struct sub_filter *next;
     uint64_t request_id; /* the Subscribe's, which its events carry */
@@ -71,6 +71,8 @@ struct corral_client {
     struct codec_arena arena;   /* the last frame received lives here */
     struct codec_buf out;       /* the last request sent was packed here */
     uint64_t quiet_until_us;    /* the socket was found empty: see quiet() */
+    uint32_t retry_after_ms;    /* the last call's BUSY hint; 0: none */
+    uint64_t rng;               /* xorshift64 state for the jitter of BUSY waits; never 0 */
     enum err_text err_kind;     /* the last error */
     const char *err_static;     /* ERR_TEXT_STATIC: a static string */
     int err_arg;                /* the lazy texts' number */
@@ -86,7 +88,7 @@ enum wait_for { WAIT_REPLY, WAIT_RESULT, WAIT_EVENT };
  * number arg. */
 void client_set_error_lazy(struct corral_client *c, enum err_text kind, int arg);
 
-/* Forgets the last error of c (borrowed): a call starts. */
+/* Forgets the last error of c (borrowed) and its BUSY hint: a call starts. */
 void client_clear_error(struct corral_client *c);
 
 /* Records the local error rc with its generic description in c (borrowed) and returns

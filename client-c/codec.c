@@ -1,5 +1,5 @@
-/* codec.c - protobuf-c <-> libcorral structs: deep copies of Node, Error and Event into
- * owned, NUL-terminated library structs (and their _free functions), reply codes, and
+/* codec.c - protobuf-c <-> libcorral structs: deep copies of Node, Error, Event and Limiter
+ * into owned, NUL-terminated library structs (and their _free functions), reply codes, and
  * envelope packing (into a reusable buffer) / unpacking (into an arena). Pure: no I/O. */
 #include "codec.h"
 
@@ -40,6 +40,44 @@ dup_req(const char *s, char **out)
 {
     *out = dup_str(s != NULL ? s : "");
     return *out != NULL ? CORRAL_OK : CORRAL_ENOMEM;
+}
+
+/* Frees the n strings of arr (owned; may be NULL when n is 0) and arr itself. */
+static void
+strs_free(char **arr, size_t n)
+{
+    size_t i;
+
+    for (i = 0; i < n && arr != NULL; i++)
+        free(arr[i]);
+    free(arr);
+}
+
+/* Copies the n strings src (borrowed; a NULL one reads as "") into *arr (returned owned;
+ * NULL when n is 0) and *count. On failure *arr holds nothing. Returns 0 or
+ * CORRAL_ENOMEM. */
+static int
+strs_dup(char ***arr, size_t *count, char *const *src, size_t n)
+{
+    size_t i;
+    char **a;
+
+    *arr = NULL;
+    *count = 0;
+    if (n == 0)
+        return CORRAL_OK;
+    a = calloc(n, sizeof *a);
+    if (a == NULL)
+        return CORRAL_ENOMEM;
+    for (i = 0; i < n; i++) {
+        if (dup_req(src[i], &a[i]) != CORRAL_OK) {
+            strs_free(a, i);
+            return CORRAL_ENOMEM;
+        }
+    }
+    *arr = a;
+    *count = n;
+    return CORRAL_OK;
 }
 
 /* Borrows data; returns an owned buffer or NULL (see codec.h). */
@@ -542,6 +580,7 @@ node_clear(struct corral_node *n)
     free(n->parent);
     free(n->result);
     free(n->cancel_reason);
+    strs_free(n->limiters, n->nlimiters);
     memset(n, 0, sizeof *n);
 }
 
@@ -625,6 +664,9 @@ node_fill(struct corral_node *dst, const Corral__V1__Node *pb, int depth)
         goto out;
     if (dst->type == CORRAL_NODE_JOB && (rc = dup_req(pb->kind, &dst->kind)) != CORRAL_OK)
         goto out;
+    rc = strs_dup(&dst->limiters, &dst->nlimiters, pb->limiters, pb->n_limiters);
+    if (rc != CORRAL_OK)
+        goto out;
     /* A job that succeeded always has a (possibly empty) result buffer. */
     if (pb->result.len > 0 ||
         (dst->type == CORRAL_NODE_JOB && dst->outcome == CORRAL_OUTCOME_SUCCEEDED)) {
@@ -698,8 +740,8 @@ codec_event_new(struct corral_event **out, const Corral__V1__Event *pb)
     size_t n = pb->subscription != NULL ? strlen(pb->subscription) : 0;
     int type = (int)pb->type;
 
-    if (type < CORRAL_EVENT_JOB_DISPATCHED || type > CORRAL_EVENT_GROUP_ENDED || pb->node == NULL ||
-        n >= CORRAL_ID_MAX) {
+    if (type < CORRAL_EVENT_JOB_DISPATCHED || type > CORRAL_EVENT_SUBSCRIPTION_OVERFLOW ||
+        (pb->node == NULL && type != CORRAL_EVENT_SUBSCRIPTION_OVERFLOW) || n >= CORRAL_ID_MAX) {
         rc = CORRAL_EPROTO;
         goto out;
     }
@@ -711,9 +753,11 @@ codec_event_new(struct corral_event **out, const Corral__V1__Event *pb)
     ev->type = (enum corral_event_type)type;
     if (n > 0)
         memcpy(ev->subscription, pb->subscription, n + 1);
-    rc = codec_node_new(&ev->node, pb->node);
-    if (rc != CORRAL_OK)
-        goto out;
+    if (pb->node != NULL) {
+        rc = codec_node_new(&ev->node, pb->node);
+        if (rc != CORRAL_OK)
+            goto out;
+    }
     *out = ev;
     ev = NULL;
 out:
@@ -728,6 +772,70 @@ corral_event_free(struct corral_event **p)
     if (p == NULL || *p == NULL)
         return;
     corral_node_free(&(*p)->node);
+    free(*p);
+    *p = NULL;
+}
+
+/* ------------------------------------------------------------------ limiters */
+
+/* Frees what l (borrowed) owns and zeroes it. */
+static void
+limiter_clear(struct corral_limiter *l)
+{
+    free(l->name);
+    strs_free(l->borrowers, l->nborrowers);
+    memset(l, 0, sizeof *l);
+}
+
+/* Borrows src; returns an owned *out (see codec.h). */
+int
+codec_limiters_new(struct corral_limiter **out, Corral__V1__Limiter *const *src, size_t n)
+{
+    int rc = CORRAL_OK;
+    size_t i;
+    struct corral_limiter *a;
+
+    if (n == 0) {
+        *out = NULL;
+        return CORRAL_OK;
+    }
+    a = calloc(n, sizeof *a);
+    if (a == NULL)
+        return CORRAL_ENOMEM;
+    for (i = 0; i < n; i++) {
+        const Corral__V1__Limiter *pb = src[i];
+
+        if (pb == NULL || pb->name == NULL || pb->name[0] == '\0') {
+            rc = CORRAL_EPROTO;
+            break;
+        }
+        a[i].total_tokens = pb->total_tokens;
+        a[i].borrowed_tokens = pb->borrowed_tokens;
+        a[i].waiting = pb->waiting;
+        if ((rc = dup_req(pb->name, &a[i].name)) != CORRAL_OK ||
+            (rc = strs_dup(&a[i].borrowers, &a[i].nborrowers, pb->borrowers, pb->n_borrowers)) !=
+                CORRAL_OK)
+            break;
+    }
+    if (rc != CORRAL_OK) {
+        corral_limiters_free(&a, n);
+        return rc;
+    }
+    *out = a;
+    return CORRAL_OK;
+}
+
+/* Frees an array of n limiters (takes ownership); accepts NULL, sets NULL. Entries past
+ * a failed copy are all zero, which limiter_clear handles. */
+void
+corral_limiters_free(struct corral_limiter **p, size_t n)
+{
+    size_t i;
+
+    if (p == NULL || *p == NULL)
+        return;
+    for (i = 0; i < n; i++)
+        limiter_clear(&(*p)[i]);
     free(*p);
     *p = NULL;
 }

@@ -71,9 +71,15 @@ int codec_node_new(struct corral_node **out, const Corral__V1__Node *pb);
 int codec_error_new(struct corral_error **out, const Corral__V1__Error *pb);
 
 /* Deep copy of an Event (borrowed). Returns owned *out (corral_event_free).
- * CORRAL_EPROTO for an unknown event type, a missing node or a subscription id that does
- * not fit, CORRAL_ENOMEM. */
+ * CORRAL_EPROTO for an unknown event type, a missing node (but for
+ * SUBSCRIPTION_OVERFLOW, which may come without one) or a subscription id that does not
+ * fit, CORRAL_ENOMEM. */
 int codec_event_new(struct corral_event **out, const Corral__V1__Event *pb);
+
+/* Deep copy of the n Limiters src (borrowed). Returns owned *out (corral_limiters_free;
+ * NULL when n is 0), untouched on error. CORRAL_EPROTO for a missing limiter or one
+ * without a name, CORRAL_ENOMEM. */
+int codec_limiters_new(struct corral_limiter **out, Corral__V1__Limiter *const *src, size_t n);
 
 /* Copies len bytes (borrowed; may be NULL when len is 0) into a new buffer with a NUL
  * after them; returns it owned (free()), or NULL when out of memory. */

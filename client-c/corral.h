@@ -176,6 +176,9 @@ struct corral_node {
     uint64_t next_attempt_unix_ms;
     /* Jobs: the current attempt has called started() (corral_job_started). */
     bool started;
+    /* Jobs: the limiters the job takes a token of (S10), as submitted; NULL when none. */
+    char **limiters;
+    size_t nlimiters;
 };
 
 /* Frees a tree returned by the library. */
@@ -199,6 +202,11 @@ CORRAL_API void corral_client_free(struct corral_client **p);
 /* The broker's message for the last call that failed with a broker code, else a
  * description of the local error. Borrowed; valid until the next call. */
 CORRAL_API const char *corral_client_last_error(const struct corral_client *c);
+
+/* The retry hint of the broker's reply to the last call, when that call failed with
+ * CORRAL_EBUSY: how many milliseconds to wait before trying again. 0 when the last call
+ * did not fail so, or the broker gave no hint (or c is NULL). Never blocks. */
+CORRAL_API uint32_t corral_client_retry_after_ms(const struct corral_client *c);
 
 /* Opens a group. parent_group and parent_job: at most one non-NULL; neither: a root.
  * Writes the id into id_out. *cancelled (may be NULL) is set when the parent scope was
@@ -240,13 +248,40 @@ struct corral_submit_opts {
     /* The wait before the first retry; it doubles with each attempt (with up to 10% jitter),
      * at most 60 s. 0: the broker's default (1 s). */
     uint64_t backoff_ms;
+    /* The limiters the job takes one token of each (S10): nlimiters distinct, non-empty
+     * names (the array and the strings borrowed; NULL when nlimiters is 0), each created
+     * beforehand with corral_limiter_set (else CORRAL_ENOTFOUND). The job is dispatched only
+     * once it holds every token, taken all at once; until then it is CORRAL_STATE_QUEUED
+     * (no worker free for its kind) or CORRAL_STATE_WAITING (no token for it). It gives
+     * them back when it stops running. */
+    const char *const *limiters;
+    size_t nlimiters;
+    /* Makes the submission safe to repeat (borrowed; NULL or "": none): a submission with
+     * the key of an earlier job of the same group gets that job's id, creates nothing, and
+     * sets *duplicate, whatever the group's state now. */
+    const char *idempotency_key;
+    /* When the broker is at its bound on queued jobs (CORRAL_EBUSY, S11), wait and try
+     * again rather than fail: first for the reply's retry hint (at least 10 ms), then twice
+     * as long each time (or the new hint, if longer), with up to 10% jitter, at most 5 s
+     * per wait, until the client's timeout has passed since the call began (each try
+     * itself bounded as a plain call is); then CORRAL_EBUSY. While it waits, replies to
+     * pipelined submits and events are queued as by any call. */
+    bool wait_for_capacity;
+    /* Out (may be NULL): set on success to whether the broker answered with the id of an
+     * earlier submission with the same idempotency_key (nothing was created); false when
+     * the job is new. Untouched on error. */
+    bool *duplicate;
 };
 
 /* corral_submit with the options *opts (borrowed; NULL or all zero: the very request of
  * corral_submit). Every argument is borrowed; writes the job's id into id_out and sets
- * *cancelled (may be NULL) as corral_submit does. Blocks up to the client's timeout.
- * Errors as corral_submit_scoped (CORRAL_EINVAL, nothing sent, for an invalid scope). A
- * broker that predates retries ignores max_attempts and backoff_ms. */
+ * *cancelled (may be NULL) as corral_submit does, and *opts->duplicate (may be NULL).
+ * Blocks up to the client's timeout (with wait_for_capacity, see there). Errors as
+ * corral_submit_scoped (CORRAL_EINVAL, nothing sent, for an invalid scope, and also for
+ * limiter names that are empty or repeated, or limiters NULL with nlimiters > 0), and
+ * CORRAL_ENOTFOUND for a limiter that does not exist, CORRAL_EBUSY when the broker holds
+ * as many queued jobs as it takes (nothing was submitted; corral_client_retry_after_ms
+ * gives its hint). A broker that predates retries ignores max_attempts and backoff_ms. */
 CORRAL_API int corral_submit_opts(struct corral_client *c, const char *group, const char *kind,
                                   const void *payload, size_t len,
                                   const struct corral_submit_opts *opts, char id_out[CORRAL_ID_MAX],
@@ -268,10 +303,15 @@ CORRAL_API int corral_submit_opts(struct corral_client *c, const char *group, co
  *   CORRAL_ENOTSTARTED: the job ended (succeeded) without calling started().
  *   CORRAL_ETIMEDOUT: no answer within timeout_ms. The job, if the broker got the
  *     request, keeps running; a later answer is dropped. id_out is not known then.
- *   Or any error of corral_submit (CORRAL_ENOTACTIVE, CORRAL_ENOTFOUND, CORRAL_EINVAL...).
+ *   Or any error of corral_submit_opts (CORRAL_ENOTACTIVE, CORRAL_ENOTFOUND,
+ *     CORRAL_EINVAL, CORRAL_EBUSY...). With opts->wait_for_capacity, a busy broker is
+ *     tried again as corral_submit_opts does, while both the client's timeout and
+ *     timeout_ms last; then CORRAL_EBUSY (nothing was submitted).
  * id_out (may be NULL) is written whenever the broker named the job: on CORRAL_OK and
  * the three CORRAL_ESTART... / CORRAL_ENOTSTARTED codes (and on CORRAL_ENOMEM or
- * CORRAL_EPROTO when the value or the error in such a reply could not be copied).
+ * CORRAL_EPROTO when the value or the error in such a reply could not be copied), and so
+ * is *opts->duplicate (may be NULL): a repeated idempotency_key names the earlier job,
+ * and the answer is about that job's readiness.
  * *value, *value_len and *error are untouched on other returns. corral_client_last_error
  * gives the broker's message. While it waits, replies to pipelined submits and events are
  * queued as by any call. The broker keeps the pending answer in memory only: if it
@@ -298,6 +338,41 @@ CORRAL_API int corral_group_tree(struct corral_client *c, const char *group,
  * (negative: forever); returns the ended group's tree, owned. CORRAL_ETIMEDOUT on timeout. */
 CORRAL_API int corral_group_wait(struct corral_client *c, const char *group, int timeout_ms,
                                  struct corral_node **out);
+
+/* ---- limiters (S10, D7) ---- */
+
+/* A limiter as the broker reports it. Strings are NUL-terminated. */
+struct corral_limiter {
+    char *name;
+    uint32_t total_tokens;    /* 0: paused */
+    uint32_t borrowed_tokens; /* may exceed total_tokens after it was lowered */
+    uint32_t waiting;         /* jobs in CORRAL_STATE_WAITING that name it */
+    char **borrowers;         /* ids of the jobs holding its tokens, oldest first */
+    size_t nborrowers;
+};
+
+/* Creates the limiter name (borrowed, non-empty) with total_tokens tokens, or changes the
+ * total of an existing one. 0 pauses it. Raising the total admits waiting jobs at once
+ * while borrowed < total; lowering it stops no running job (the borrowed tokens drain
+ * below the new total as their jobs end). Blocks up to the client's timeout. CORRAL_EINVAL
+ * (nothing sent) for an empty name. */
+CORRAL_API int corral_limiter_set(struct corral_client *c, const char *name, uint32_t total_tokens);
+
+/* Deletes the limiter name (borrowed, non-empty). CORRAL_EWRONGSTATE while it is in use
+ * (tokens borrowed, or jobs that have not ended name it), CORRAL_ENOTFOUND when there is
+ * no such limiter. Blocks up to the client's timeout. */
+CORRAL_API int corral_limiter_delete(struct corral_client *c, const char *name);
+
+/* Reads limiters: with name (borrowed) NULL or "", every limiter, sorted by name as the
+ * broker sends them; otherwise exactly that one (CORRAL_ENOTFOUND when there is none).
+ * Returns owned *out (corral_limiters_free; NULL when *n is 0) and their number in *n.
+ * Blocks up to the client's timeout. */
+CORRAL_API int corral_limiter_get(struct corral_client *c, const char *name,
+                                  struct corral_limiter **out, size_t *n);
+
+/* Frees an array of n limiters returned by corral_limiter_get. Accepts NULL and a NULL
+ * *p; sets *p to NULL. */
+CORRAL_API void corral_limiters_free(struct corral_limiter **p, size_t n);
 
 /* ---- pipelined submits: many in flight, replies collected later ---- */
 
@@ -329,20 +404,28 @@ enum corral_event_type {
     CORRAL_EVENT_JOB_ENDED = 3,
     CORRAL_EVENT_GROUP_CANCELLING = 4,
     CORRAL_EVENT_GROUP_ENDED = 5,
+    /* This client did not read its events fast enough: the broker's queue for it filled
+     * up, events were left out, and the subscription has ended (its last event, instead
+     * of the group's GROUP_ENDED). Read the tree (corral_group_tree) and subscribe again. */
+    CORRAL_EVENT_SUBSCRIPTION_OVERFLOW = 6,
 };
 
 struct corral_event {
     enum corral_event_type type;
     char subscription[CORRAL_ID_MAX]; /* the subscribed group */
-    struct corral_node *node;         /* the node that changed, without children */
+    /* The node that changed, without children. For CORRAL_EVENT_SUBSCRIPTION_OVERFLOW,
+     * what the broker sent (the subscribed group), or NULL when it sent no node. */
+    struct corral_node *node;
 };
 
-/* Subscribes to every change in a group's subtree until the group ends. */
+/* Subscribes to every change in a group's subtree until the group ends (or the
+ * subscription overflows: CORRAL_EVENT_SUBSCRIPTION_OVERFLOW). */
 CORRAL_API int corral_subscribe(struct corral_client *c, const char *group);
 
 /* Like corral_subscribe, receiving only the event types whose bit (1u << type) is set in
- * mask (0: every type). The group's own CORRAL_EVENT_GROUP_ENDED always arrives.
- * CORRAL_EINVAL for a bit that is no event type. */
+ * mask (0: every type). The group's own CORRAL_EVENT_GROUP_ENDED always arrives, and so
+ * does CORRAL_EVENT_SUBSCRIPTION_OVERFLOW, which is not a bit of mask. CORRAL_EINVAL for
+ * a bit that is no event type one may ask for. */
 CORRAL_API int corral_subscribe_events(struct corral_client *c, const char *group, unsigned mask);
 
 /* Takes the next event, waiting up to timeout_ms (0: poll, as corral_submit_collect says,
