@@ -13,9 +13,10 @@
 #include "exits.h"
 #include "rfc3339.h"
 
-#define BIT(c)  (1u << (c))
-#define ALLCMDS (~0u)
-#define JOBCMDS (BIT(CMD_SUBMIT) | BIT(CMD_START)) /* commands that submit a job */
+#define BIT(c)     (1u << (c))
+#define ALLCMDS    (~0u)
+#define JOBCMDS    (BIT(CMD_SUBMIT) | BIT(CMD_START)) /* commands that submit a job */
+#define MAX_TOKENS UINT32_MAX                         /* the protocol's total_tokens is a uint32 */
 
 struct optdef {
     const char *name; /* without the leading "--" */
@@ -45,6 +46,9 @@ static const struct optdef OPTDEFS[] = {
     {"shield", OPT_SHIELD, false, BIT(CMD_GROUP_OPEN) | JOBCMDS},
     {"max-attempts", OPT_MAX_ATTEMPTS, true, JOBCMDS},
     {"backoff", OPT_BACKOFF, true, JOBCMDS},
+    {"limiter", OPT_LIMITER, true, JOBCMDS},
+    {"idempotency-key", OPT_IDEMPOTENCY_KEY, true, JOBCMDS},
+    {"wait-for-capacity", OPT_WAIT_FOR_CAPACITY, false, JOBCMDS},
 };
 
 static const char USAGE[] =
@@ -54,9 +58,10 @@ static const char USAGE[] =
     "  group open [--parent GROUP | --parent-job JOB] [SCOPE]\n"
     "                                     open a group; prints its id\n"
     "  submit GROUP KIND [--payload TEXT | --payload-file FILE] [SCOPE] [RETRY]\n"
+    "         [LIMITS]\n"
     "                                     submit a job (FILE '-' = stdin); prints its id\n"
     "  start GROUP KIND [--payload TEXT | --payload-file FILE] [SCOPE] [RETRY]\n"
-    "        [--timeout DURATION]\n"
+    "        [LIMITS] [--timeout DURATION]\n"
     "                                     submit a job and wait until it signals\n"
     "                                     readiness (default: forever); print its\n"
     "                                     started() value; exit 1 it failed first,\n"
@@ -70,6 +75,12 @@ static const char USAGE[] =
     "                                     print its tree; exit 0 SUCCEEDED, 1 FAILED,\n"
     "                                     2 CANCELLED, 3 timeout\n"
     "  group show GROUP                   print the group's tree now\n"
+    "  limiter set NAME TOKENS            create limiter NAME with TOKENS tokens, or\n"
+    "                                     change its total (0 pauses it)\n"
+    "  limiter show [NAME]                print a limiter (default: all of them): its\n"
+    "                                     tokens, the jobs holding them, and how many\n"
+    "                                     jobs wait for one\n"
+    "  limiter delete NAME                delete a limiter that no job uses\n"
     "  worker --kind KIND [--kind KIND...] [--concurrency N] [--grace DURATION]\n"
     "         [--verbose] -- CMD [ARG...]\n"
     "                                     run CMD once per job: payload on stdin, stdout\n"
@@ -77,7 +88,11 @@ static const char USAGE[] =
     "                                     failure to retry; the first line CMD writes\n"
     "                                     to fd 3 is its started() value\n"
     "  help                               show this help\n"
-    "\n"
+    "\n";
+
+/* The rest of the help text: a separate string, as C11 compilers need only take 4095
+ * characters in one literal. */
+static const char USAGE_OPTIONS[] =
     "SCOPE (group open, submit, start):\n"
     "  --deadline DURATION     cancel the scope DURATION after the broker accepts it\n"
     "  --deadline-at TIME      cancel it at TIME, RFC 3339 (2026-11-23T10:00:00Z,\n"
@@ -92,6 +107,14 @@ static const char USAGE[] =
     "  --backoff DURATION      wait before the first retry, doubling (default 1s, at\n"
     "                          most 60s)\n"
     "\n"
+    "LIMITS (submit, start):\n"
+    "  --limiter NAME          run only while holding a token of limiter NAME\n"
+    "                          (repeatable, distinct names; all taken at once)\n"
+    "  --idempotency-key KEY   submit at most once per KEY in the group: a repeat\n"
+    "                          prints the first job's id and creates nothing\n"
+    "  --wait-for-capacity     when the broker is busy, wait and retry (backing off)\n"
+    "                          until --timeout passes (start: at most 5s)\n"
+    "\n"
     "Options (anywhere on the line):\n"
     "  --json                  machine-readable output\n"
     "  --endpoint EP           client endpoint (default $CORRAL_CLIENT_ENDPOINT, else\n"
@@ -103,7 +126,8 @@ static const char USAGE[] =
     "\n"
     "Durations: a number with an optional unit ms, s, m or h; a bare number is seconds.\n"
     "Exit status: 0 ok, 64 usage error, 65 the broker refused the request, 69 the broker\n"
-    "did not answer within --timeout.\n";
+    "did not answer within --timeout, 75 the broker is busy (too many queued jobs; try\n"
+    "again later).\n";
 
 /* Prints a usage error and a hint on stderr; returns EXIT_USAGE. */
 int
@@ -133,8 +157,10 @@ void
 args_free(struct args *a)
 {
     free(a->kinds);
+    free(a->limiters);
     free(a->pos);
     a->kinds = NULL;
+    a->limiters = NULL;
     a->pos = NULL;
 }
 
@@ -146,8 +172,9 @@ args_parse(int argc, char **argv, struct args *a)
 {
     memset(a, 0, sizeof(*a));
     a->kinds = calloc((size_t)argc + 1, sizeof(*a->kinds));
+    a->limiters = calloc((size_t)argc + 1, sizeof(*a->limiters));
     a->pos = calloc((size_t)argc + 1, sizeof(*a->pos));
-    if (a->kinds == NULL || a->pos == NULL) {
+    if (a->kinds == NULL || a->limiters == NULL || a->pos == NULL) {
         fputs("corralctl: out of memory\n", stderr);
         return EXIT_OSERR;
     }
@@ -194,6 +221,8 @@ args_parse(int argc, char **argv, struct args *a)
         a->val[d->id] = value;
         if (d->id == OPT_KIND)
             a->kinds[a->nkinds++] = value;
+        if (d->id == OPT_LIMITER)
+            a->limiters[a->nlimiters++] = value;
     }
     return 0;
 }
@@ -217,6 +246,9 @@ args_command(const struct args *a, size_t *nwords)
         {"group", "wait", CMD_GROUP_WAIT},
         {"group", "show", CMD_GROUP_SHOW},
         {"job", "cancel", CMD_JOB_CANCEL},
+        {"limiter", "set", CMD_LIMITER_SET},
+        {"limiter", "show", CMD_LIMITER_SHOW},
+        {"limiter", "delete", CMD_LIMITER_DELETE},
     };
     if (a->npos == 0)
         return CMD_NONE;
@@ -309,6 +341,41 @@ parse_retry(const struct args *a, struct corral_submit_opts *out)
     return 0;
 }
 
+/* Reads the limiter and backpressure options (--limiter, --idempotency-key,
+ * --wait-for-capacity) into *out; its strings borrow a. Returns 0 or EXIT_USAGE. */
+int
+parse_limits(const struct args *a, struct corral_submit_opts *out)
+{
+    for (size_t i = 0; i < a->nlimiters; i++) {
+        if (a->limiters[i][0] == '\0')
+            return usage_error("--limiter must not be empty");
+        for (size_t j = 0; j < i; j++)
+            if (strcmp(a->limiters[i], a->limiters[j]) == 0)
+                return usage_error("--limiter '%s' is given twice", a->limiters[i]);
+    }
+    out->limiters = a->nlimiters > 0 ? a->limiters : NULL;
+    out->nlimiters = a->nlimiters;
+    out->idempotency_key = a->val[OPT_IDEMPOTENCY_KEY];
+    if (out->idempotency_key != NULL && out->idempotency_key[0] == '\0')
+        return usage_error("--idempotency-key must not be empty");
+    out->wait_for_capacity = a->given[OPT_WAIT_FOR_CAPACITY];
+    return 0;
+}
+
+/* Parses a limiter's token count (0 to MAX_TOKENS) into *out. Returns 0 or EXIT_USAGE. */
+int
+parse_tokens(const char *text, uint32_t *out)
+{
+    char *end = NULL;
+    errno = 0;
+    unsigned long long n = strtoull(text, &end, 10);
+    if (text[0] < '0' || text[0] > '9' || *end != '\0' || errno != 0 || n > MAX_TOKENS)
+        return usage_error("bad TOKENS '%s' (an integer from 0 to %" PRIu32 ")", text,
+                           (uint32_t)MAX_TOKENS);
+    *out = (uint32_t)n;
+    return 0;
+}
+
 /* Checks that every option given applies to cmd (named by nwords words). */
 int
 args_check_options(const struct args *a, enum command cmd, size_t nwords)
@@ -325,4 +392,5 @@ void
 args_print_usage(void)
 {
     fputs(USAGE, stdout);
+    fputs(USAGE_OPTIONS, stdout);
 }

@@ -1,5 +1,6 @@
 /* args.h - corralctl's command line: the commands, the options and where each applies,
- * the help text, and the parsing of option values (durations, scopes, retry policy).
+ * the help text, and the parsing of option values (durations, scopes, retry policy,
+ * limiters and backpressure, token counts).
  * Global options may come anywhere on the line. */
 #ifndef CORRALCTL_ARGS_H
 #define CORRALCTL_ARGS_H
@@ -22,6 +23,9 @@ enum command {
     CMD_START,
     CMD_JOB_CANCEL,
     CMD_WORKER,
+    CMD_LIMITER_SET,
+    CMD_LIMITER_SHOW,
+    CMD_LIMITER_DELETE,
 };
 
 enum opt {
@@ -45,6 +49,9 @@ enum opt {
     OPT_SHIELD,
     OPT_MAX_ATTEMPTS,
     OPT_BACKOFF,
+    OPT_LIMITER,
+    OPT_IDEMPOTENCY_KEY,
+    OPT_WAIT_FOR_CAPACITY,
     OPT_COUNT,
 };
 
@@ -54,6 +61,8 @@ struct args {
     bool given[OPT_COUNT];
     const char **kinds; /* every --kind, in order (owned array) */
     size_t nkinds;
+    const char **limiters; /* every --limiter, in order (owned array) */
+    size_t nlimiters;
     const char **pos; /* positional words (owned array) */
     size_t npos;
     char **cmd_argv; /* worker: the command, NULL-terminated (borrows argv) */
@@ -94,5 +103,14 @@ int parse_scope(const struct args *a, struct corral_scope *out);
 
 /* Reads the retry options (--max-attempts, --backoff) into *out. Returns 0 or EXIT_USAGE. */
 int parse_retry(const struct args *a, struct corral_submit_opts *out);
+
+/* Reads the limiter and backpressure options (--limiter, --idempotency-key,
+ * --wait-for-capacity) into *out, whose strings then borrow a (and argv). Limiter names
+ * must be non-empty and distinct. Returns 0 or EXIT_USAGE. */
+int parse_limits(const struct args *a, struct corral_submit_opts *out);
+
+/* Parses text (borrowed), a limiter's token count, an integer from 0 to 4294967295, into
+ * *out. Returns 0 or EXIT_USAGE after saying why. */
+int parse_tokens(const char *text, uint32_t *out);
 
 #endif

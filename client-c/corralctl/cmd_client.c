@@ -1,6 +1,6 @@
 /* cmd_client.c - corralctl's client commands: group open/close/cancel/wait/show, submit,
- * start and job cancel, each on a new libcorral client, with their output and the exit
- * status of the outcome (exits.h). See cmd_client.h. */
+ * start, job cancel and limiter set/show/delete, each on a new libcorral client, with
+ * their output and the exit status of the outcome (exits.h). See cmd_client.h. */
 #include "cmd_client.h"
 
 #include <errno.h>
@@ -34,6 +34,23 @@ fail(const struct ctx *x, const struct corral_client *c, int err)
     const char *msg = c != NULL ? corral_client_last_error(c) : NULL;
     if (msg == NULL)
         msg = "";
+    if (err == CORRAL_EBUSY) {
+        /* "the broker is busy: WHY (retry after N ms)", saying neither part twice: the
+         * broker's message may start the same way, and the library's own text (when the
+         * broker sent none) already gives the hint. */
+        static const char busy[] = "the broker is busy";
+        uint32_t hint = corral_client_retry_after_ms(c);
+        if (msg[0] == '\0')
+            fprintf(stderr, "corralctl: %s", busy);
+        else if (strncmp(msg, busy, sizeof(busy) - 1) == 0)
+            fprintf(stderr, "corralctl: %s", msg);
+        else
+            fprintf(stderr, "corralctl: %s: %s", busy, msg);
+        if (hint > 0 && strstr(msg, "retry after") == NULL)
+            fprintf(stderr, " (retry after %" PRIu32 " ms)", hint);
+        fputc('\n', stderr);
+        return EXIT_TEMPFAIL;
+    }
     if (err >= 1 && err <= 99) {
         if (msg[0] != '\0')
             fprintf(stderr, "corralctl: %s: %s\n", name, msg);
@@ -82,6 +99,30 @@ print_id(const struct ctx *x, const char *id, bool cancelled)
         json_string(&w, id);
         json_key(&w, "cancelled");
         json_bool(&w, cancelled);
+        json_end_object(&w);
+        json_finish(&w);
+    } else {
+        printf("%s\n", id);
+    }
+    return finish_output();
+}
+
+/* Prints the id of a submitted job: the bare id, or {"id": ID, "cancelled": BOOL,
+ * "duplicate": BOOL} (duplicate: the id is that of an earlier job with the same
+ * --idempotency-key). Returns an exit status. */
+static int
+print_submitted(const struct ctx *x, const char *id, bool cancelled, bool duplicate)
+{
+    if (x->json) {
+        struct json_writer w;
+        json_init(&w, stdout);
+        json_begin_object(&w);
+        json_key(&w, "id");
+        json_string(&w, id);
+        json_key(&w, "cancelled");
+        json_bool(&w, cancelled);
+        json_key(&w, "duplicate");
+        json_bool(&w, duplicate);
         json_end_object(&w);
         json_finish(&w);
     } else {
@@ -329,6 +370,36 @@ cmd_start(const struct ctx *x, struct corral_client *c, const char *group, const
     return rc;
 }
 
+/* `limiter show [NAME]`: one limiter (name non-NULL) or all of them, as a table or as
+ * --json (an object for one, an array for all). */
+static int
+cmd_limiter_show(const struct ctx *x, struct corral_client *c, const char *name)
+{
+    struct corral_limiter *lims = NULL;
+    size_t n = 0;
+    int err = corral_limiter_get(c, name, &lims, &n);
+    if (err != CORRAL_OK)
+        return fail(x, c, err);
+    if (x->json)
+        print_limiters_json(stdout, lims, n, name == NULL);
+    else
+        print_limiters_text(stdout, lims, n);
+    corral_limiters_free(&lims, n);
+    return finish_output();
+}
+
+/* Checks the arguments of a limiter command (borrowed; argsv NULL-terminated) and reads
+ * TOKENS of `limiter set` into *tokens. Returns 0 or EXIT_USAGE after saying why. */
+static int
+check_limiter_args(enum command cmd, const char **argsv, uint32_t *tokens)
+{
+    if (argsv[0] != NULL && argsv[0][0] == '\0')
+        return usage_error("a limiter's NAME must not be empty");
+    if (cmd == CMD_LIMITER_SET)
+        return parse_tokens(argsv[1], tokens);
+    return 0;
+}
+
 /* Runs a client command (everything but worker and help) on a new client; opts (borrowed)
  * applies to submit and start, its scope to group open too. */
 int
@@ -342,6 +413,14 @@ run_client(const struct ctx *x, enum command cmd, const struct args *a, const ch
     size_t plen = 0;
     struct corral_node *tree = NULL;
     int rc = 0;
+    uint32_t tokens = 0;
+    if ((cmd == CMD_LIMITER_SET || cmd == CMD_LIMITER_SHOW || cmd == CMD_LIMITER_DELETE) &&
+        check_limiter_args(cmd, argsv, &tokens) != 0)
+        return EXIT_USAGE;
+    /* submit --json tells whether the id is that of an earlier job with the same key. */
+    bool duplicate = false;
+    struct corral_submit_opts sopts = *opts;
+    sopts.duplicate = &duplicate;
     int err = corral_client_new(&c, x->endpoint, x->timeout_ms);
     if (err != CORRAL_OK)
         return fail(x, NULL, err);
@@ -355,8 +434,8 @@ run_client(const struct ctx *x, enum command cmd, const struct args *a, const ch
         rc = load_payload(a, &payload, &plen);
         if (rc != 0)
             break;
-        err = corral_submit_opts(c, argsv[0], argsv[1], payload, plen, opts, id, &cancelled);
-        rc = err != CORRAL_OK ? fail(x, c, err) : print_id(x, id, cancelled);
+        err = corral_submit_opts(c, argsv[0], argsv[1], payload, plen, &sopts, id, &cancelled);
+        rc = err != CORRAL_OK ? fail(x, c, err) : print_submitted(x, id, cancelled, duplicate);
         break;
     case CMD_START:
         rc = load_payload(a, &payload, &plen);
@@ -384,6 +463,17 @@ run_client(const struct ctx *x, enum command cmd, const struct args *a, const ch
     case CMD_GROUP_WAIT:
         rc = cmd_group_wait(x, c, argsv[0], wait_ms,
                             a->given[OPT_TIMEOUT] ? a->val[OPT_TIMEOUT] : "forever");
+        break;
+    case CMD_LIMITER_SET:
+        err = corral_limiter_set(c, argsv[0], tokens);
+        rc = err != CORRAL_OK ? fail(x, c, err) : print_ok(x);
+        break;
+    case CMD_LIMITER_SHOW:
+        rc = cmd_limiter_show(x, c, argsv[0]);
+        break;
+    case CMD_LIMITER_DELETE:
+        err = corral_limiter_delete(c, argsv[0]);
+        rc = err != CORRAL_OK ? fail(x, c, err) : print_ok(x);
         break;
     default:
         rc = usage_error("internal: not a client command");

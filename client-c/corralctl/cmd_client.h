@@ -20,9 +20,9 @@ struct ctx {
 };
 
 /* Runs client command cmd with its arguments argsv (borrowed; as many as the command
- * takes) on a new client; opts (borrowed) applies to submit and start, its scope to group
- * open too. wait_ms bounds `group wait` and `start` (negative: forever). Returns an exit
- * status. */
+ * takes, then NULL) on a new client; opts (borrowed) applies to submit and start, its
+ * scope to group open too. wait_ms bounds `group wait` and `start` (negative: forever).
+ * Returns an exit status. */
 int run_client(const struct ctx *x, enum command cmd, const struct args *a, const char **argsv,
                const struct corral_submit_opts *opts, int64_t wait_ms);
 

@@ -36,7 +36,8 @@
 
 extern char **environ;
 
-#define EXIT_TEMPFAIL 75 /* EX_TEMPFAIL: a command's failure to try again */
+/* EX_TEMPFAIL: a command's failure to try again (corralctl's own 75 is EXIT_TEMPFAIL). */
+#define CMD_EXIT_RETRY 75
 
 #define READY_FD 3 /* the command's end of its readiness pipe */
 
@@ -581,7 +582,7 @@ finish(struct loop *l, struct slot *s)
     } else if (s->stop_kill && !cancelled) {
         snprintf(how, sizeof(how), "exit status %d, not reported (worker stopping)",
                  WEXITSTATUS(st));
-    } else if (WEXITSTATUS(st) == EXIT_TEMPFAIL) {
+    } else if (WEXITSTATUS(st) == CMD_EXIT_RETRY) {
         /* EX_TEMPFAIL: the broker runs the job again while attempts remain (S13). */
         exit_message(s, WEXITSTATUS(st), msg, sizeof(msg));
         err = corral_job_fail_retryable(job, "ExitStatus", msg, NULL, 0);

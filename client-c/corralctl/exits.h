@@ -11,6 +11,7 @@
 #define EXIT_UNAVAILABLE 69 /* EX_UNAVAILABLE: no answer, transport failure */
 #define EXIT_OSERR       71 /* EX_OSERR: out of memory */
 #define EXIT_IOERR       74 /* EX_IOERR: cannot write the output */
+#define EXIT_TEMPFAIL    75 /* EX_TEMPFAIL: the broker is busy (BUSY); try again later */
 
 /* `group wait` exit statuses. */
 #define EXIT_WAIT_FAILED    1

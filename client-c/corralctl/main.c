@@ -4,8 +4,9 @@
  * settings every command shares (endpoints, --timeout), and runs one client command
  * (cmd_client.c) or the worker mode (cmd_worker.c). The exit statuses are those of
  * exits.h: 0 success, 64 usage error, 65 the broker refused, 69 the broker did not answer
- * (or another transport failure); `group wait` exits 0/1/2 by outcome and 3 on its own
- * timeout, `start` 1/2/4 by how the job ended before readiness and 3 on its own timeout. */
+ * (or another transport failure), 75 the broker is busy; `group wait` exits 0/1/2 by
+ * outcome and 3 on its own timeout, `start` 1/2/4 by how the job ended before readiness
+ * and 3 on its own timeout. */
 #include <errno.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -78,14 +79,17 @@ run(struct args *a)
             return usage_error("'group' needs a subcommand: open, close, cancel, wait or show");
         if (a->npos == 1 && strcmp(a->pos[0], "job") == 0)
             return usage_error("'job' needs a subcommand: cancel");
-        if (a->npos >= 2 && (strcmp(a->pos[0], "group") == 0 || strcmp(a->pos[0], "job") == 0))
+        if (a->npos == 1 && strcmp(a->pos[0], "limiter") == 0)
+            return usage_error("'limiter' needs a subcommand: set, show or delete");
+        if (a->npos >= 2 && (strcmp(a->pos[0], "group") == 0 || strcmp(a->pos[0], "job") == 0 ||
+                             strcmp(a->pos[0], "limiter") == 0))
             return usage_error("unknown command '%s %s'", a->pos[0], a->pos[1]);
         return usage_error("unknown command '%s'", a->pos[0]);
     }
     if (args_check_options(a, cmd, nwords) != 0)
         return EXIT_USAGE;
 
-    size_t want = 0;
+    size_t want = 0, optional = 0; /* positional arguments: required, then optional */
     const char *shape = "";
     switch (cmd) {
     case CMD_GROUP_OPEN:
@@ -104,6 +108,17 @@ run(struct args *a)
         want = 1;
         shape = "job cancel JOB";
         break;
+    case CMD_LIMITER_SET:
+        want = 2;
+        shape = "limiter set NAME TOKENS";
+        break;
+    case CMD_LIMITER_SHOW:
+        optional = 1;
+        break;
+    case CMD_LIMITER_DELETE:
+        want = 1;
+        shape = "limiter delete NAME";
+        break;
     default:
         want = 1;
         shape = "group <open|close|cancel|wait|show> GROUP";
@@ -112,15 +127,16 @@ run(struct args *a)
     size_t nargs = a->npos - nwords;
     if (nargs < want)
         return usage_error("missing argument: %s", shape);
-    if (nargs > want)
-        return usage_error("unexpected argument '%s'", a->pos[nwords + want]);
+    if (nargs > want + optional)
+        return usage_error("unexpected argument '%s'", a->pos[nwords + want + optional]);
     if (a->given[OPT_PARENT] && a->given[OPT_PARENT_JOB])
         return usage_error("give at most one of --parent and --parent-job");
     if (a->given[OPT_PAYLOAD] && a->given[OPT_PAYLOAD_FILE])
         return usage_error("give at most one of --payload and --payload-file");
     struct corral_submit_opts opts;
     memset(&opts, 0, sizeof(opts));
-    if (parse_scope(a, &opts.scope) != 0 || parse_retry(a, &opts) != 0)
+    if (parse_scope(a, &opts.scope) != 0 || parse_retry(a, &opts) != 0 ||
+        parse_limits(a, &opts) != 0)
         return EXIT_USAGE;
 
     struct ctx x = {.json = a->given[OPT_JSON], .timeout_text = "5s"};

@@ -1,4 +1,4 @@
-/* print.c - text and JSON renderings of a group's tree for corralctl. */
+/* print.c - text and JSON renderings of a group's tree and of limiters for corralctl. */
 #include "print.h"
 
 #include <inttypes.h>
@@ -25,10 +25,48 @@ enum nl_mode {
     NL_BREAK,  /* as a line break followed by a prefix */
 };
 
-/* Writes the len bytes at s for a terminal: printable ASCII and valid UTF-8 as they are,
- * other bytes as C escapes (\t, \xNN), '"' and '\\' escaped when quoted. Newlines follow
- * mode (NL_BREAK writes nl_prefix after each). At most max columns of escaped text are
- * written (0: no limit); returns true when the text was cut short. */
+/* The escaped form of the character at p[i] (of len bytes) for a terminal: printable
+ * ASCII and valid UTF-8 as they are, other bytes as C escapes (\n, \t, \xNN), '"' and
+ * '\\' escaped when quoted. Returns the text (static, or in buf), with the bytes of p it
+ * stands for in *k and the columns it takes in *w. */
+static const char *
+text_piece(const uint8_t *p, size_t len, size_t i, bool quoted, char buf[8], size_t *k, size_t *w)
+{
+    const char *out = buf;
+    uint8_t c = p[i];
+    *k = 1;
+    if (c == '\n') {
+        out = "\\n";
+    } else if (c == '\t') {
+        out = "\\t";
+    } else if (c == '\r') {
+        out = "\\r";
+    } else if (quoted && c == '"') {
+        out = "\\\"";
+    } else if (quoted && c == '\\') {
+        out = "\\\\";
+    } else if (c < 0x20 || c == 0x7F) {
+        snprintf(buf, 8, "\\x%02x", (unsigned)c);
+    } else if (c < 0x80) {
+        buf[0] = (char)c;
+        buf[1] = '\0';
+    } else {
+        *k = utf8_seq_len(p + i, len - i);
+        if (*k == 0) {
+            *k = 1;
+            snprintf(buf, 8, "\\x%02x", (unsigned)c);
+        } else {
+            memcpy(buf, p + i, *k);
+            buf[*k] = '\0';
+        }
+    }
+    *w = (*k > 1) ? 1 : strlen(out); /* a multi-byte character is one column */
+    return out;
+}
+
+/* Writes the len bytes at s for a terminal, each character as text_piece() renders it.
+ * Newlines follow mode (NL_BREAK writes nl_prefix after each). At most max columns of
+ * escaped text are written (0: no limit); returns true when the text was cut short. */
 static bool
 put_text(FILE *f, const void *s, size_t len, size_t max, bool quoted, enum nl_mode mode,
          const char *nl_prefix)
@@ -38,41 +76,14 @@ put_text(FILE *f, const void *s, size_t len, size_t max, bool quoted, enum nl_mo
     size_t i = 0;
     while (i < len) {
         char buf[8];
-        const char *out = buf;
-        size_t k = 1;
-        uint8_t c = p[i];
-        if (c == '\n' && mode == NL_BREAK) {
+        size_t k, w;
+        if (p[i] == '\n' && mode == NL_BREAK) {
             fputc('\n', f);
             fputs(nl_prefix, f);
             i++;
             continue;
         }
-        if (c == '\n') {
-            out = "\\n";
-        } else if (c == '\t') {
-            out = "\\t";
-        } else if (c == '\r') {
-            out = "\\r";
-        } else if (quoted && c == '"') {
-            out = "\\\"";
-        } else if (quoted && c == '\\') {
-            out = "\\\\";
-        } else if (c < 0x20 || c == 0x7F) {
-            snprintf(buf, sizeof(buf), "\\x%02x", (unsigned)c);
-        } else if (c < 0x80) {
-            buf[0] = (char)c;
-            buf[1] = '\0';
-        } else {
-            k = utf8_seq_len(p + i, len - i);
-            if (k == 0) {
-                k = 1;
-                snprintf(buf, sizeof(buf), "\\x%02x", (unsigned)c);
-            } else {
-                memcpy(buf, p + i, k);
-                buf[k] = '\0';
-            }
-        }
-        size_t w = (k > 1) ? 1 : strlen(out); /* a multi-byte character is one column */
+        const char *out = text_piece(p, len, i, quoted, buf, &k, &w);
         if (max > 0 && cols + w > max)
             return true;
         fputs(out, f);
@@ -80,6 +91,30 @@ put_text(FILE *f, const void *s, size_t len, size_t max, bool quoted, enum nl_mo
         i += k;
     }
     return false;
+}
+
+/* The columns put_text(f, s, strlen(s), 0, false, NL_ESCAPE, NULL) takes, for aligning
+ * tables. */
+static size_t
+text_width(const char *s)
+{
+    const uint8_t *p = (const uint8_t *)s;
+    size_t len = strlen(s), cols = 0, i = 0;
+    while (i < len) {
+        char buf[8];
+        size_t k, w;
+        text_piece(p, len, i, false, buf, &k, &w);
+        cols += w;
+        i += k;
+    }
+    return cols;
+}
+
+/* Writes the string s (borrowed) as put_text does on one line, unquoted, uncut. */
+static void
+put_plain(FILE *f, const char *s)
+{
+    put_text(f, s, strlen(s), 0, false, NL_ESCAPE, NULL);
 }
 
 /* Length of text once its trailing line breaks are dropped. */
@@ -354,6 +389,14 @@ put_node(FILE *f, const struct corral_node *n, unsigned depth)
     fprintf(f, " attempt %" PRIu32, n->attempt);
     if (n->max_attempts != 0) /* 0: a broker that predates retries */
         fprintf(f, "/%" PRIu32, n->max_attempts);
+    if (n->nlimiters > 0) {
+        fputs("  limiters ", f);
+        for (size_t i = 0; i < n->nlimiters; i++) {
+            if (i > 0)
+                fputc(',', f);
+            put_plain(f, n->limiters[i]);
+        }
+    }
     if (n->started)
         fputs("  started", f);
     if (n->cancel_called) {
@@ -485,6 +528,11 @@ json_node(struct json_writer *w, const struct corral_node *n)
         json_time(w, "next_attempt", n->next_attempt_unix_ms);
         json_key(w, "started");
         json_bool(w, n->started);
+        json_key(w, "limiters");
+        json_begin_array(w);
+        for (size_t i = 0; i < n->nlimiters; i++)
+            json_string(w, n->limiters[i]);
+        json_end_array(w);
     }
     json_key(w, "cancel_called");
     json_bool(w, n->cancel_called);
@@ -517,5 +565,135 @@ print_tree_json(FILE *f, const struct corral_node *n)
     struct json_writer w;
     json_init(&w, f);
     json_node(&w, n);
+    return json_finish(&w);
+}
+
+/* ------------------------------------------------------------------ limiters */
+
+/* Columns of the limiter table, and its header. */
+enum { LCOL_NAME, LCOL_TOTAL, LCOL_BORROWED, LCOL_WAITING, LCOL_BORROWERS, LCOLS };
+static const char *const LIMITER_HEADER[LCOLS] = {"NAME", "TOTAL", "BORROWED", "WAITING",
+                                                  "BORROWERS"};
+
+/* The width of l's cell in column col, as put_limiter_cell writes it. */
+static size_t
+limiter_cell_width(const struct corral_limiter *l, int col)
+{
+    char num[16];
+    size_t w = 0;
+    switch (col) {
+    case LCOL_NAME:
+        return text_width(l->name != NULL ? l->name : "");
+    case LCOL_TOTAL:
+        return (size_t)snprintf(num, sizeof(num), "%" PRIu32, l->total_tokens);
+    case LCOL_BORROWED:
+        return (size_t)snprintf(num, sizeof(num), "%" PRIu32, l->borrowed_tokens);
+    case LCOL_WAITING:
+        return (size_t)snprintf(num, sizeof(num), "%" PRIu32, l->waiting);
+    default:
+        if (l->nborrowers == 0)
+            return 1;
+        for (size_t i = 0; i < l->nborrowers; i++)
+            w += (i > 0 ? 1 : 0) + text_width(l->borrowers[i]);
+        return w;
+    }
+}
+
+/* Writes l's cell in column col: the name, a number, or the borrowers comma-separated
+ * ("-" when none). */
+static void
+put_limiter_cell(FILE *f, const struct corral_limiter *l, int col)
+{
+    switch (col) {
+    case LCOL_NAME:
+        put_plain(f, l->name != NULL ? l->name : "");
+        break;
+    case LCOL_TOTAL:
+        fprintf(f, "%" PRIu32, l->total_tokens);
+        break;
+    case LCOL_BORROWED:
+        fprintf(f, "%" PRIu32, l->borrowed_tokens);
+        break;
+    case LCOL_WAITING:
+        fprintf(f, "%" PRIu32, l->waiting);
+        break;
+    default:
+        if (l->nborrowers == 0)
+            fputc('-', f);
+        for (size_t i = 0; i < l->nborrowers; i++) {
+            if (i > 0)
+                fputc(',', f);
+            put_plain(f, l->borrowers[i]);
+        }
+        break;
+    }
+}
+
+int
+print_limiters_text(FILE *f, const struct corral_limiter *l, size_t n)
+{
+    size_t width[LCOLS];
+    for (int col = 0; col < LCOLS; col++) {
+        width[col] = strlen(LIMITER_HEADER[col]);
+        for (size_t i = 0; i < n; i++) {
+            size_t w = limiter_cell_width(&l[i], col);
+            if (w > width[col])
+                width[col] = w;
+        }
+    }
+    /* Two spaces between columns; the last one is not padded. */
+    for (int col = 0; col < LCOLS - 1; col++)
+        fprintf(f, "%-*s  ", (int)width[col], LIMITER_HEADER[col]);
+    fprintf(f, "%s\n", LIMITER_HEADER[LCOLS - 1]);
+    for (size_t i = 0; i < n; i++) {
+        for (int col = 0; col < LCOLS; col++) {
+            put_limiter_cell(f, &l[i], col);
+            if (col == LCOLS - 1)
+                break;
+            for (size_t w = limiter_cell_width(&l[i], col); w < width[col] + 2; w++)
+                fputc(' ', f);
+        }
+        fputc('\n', f);
+    }
+    if (fflush(f) != 0 || ferror(f))
+        return -1;
+    return 0;
+}
+
+/* Writes a limiter object, keys in the order of the contract. */
+static void
+json_limiter(struct json_writer *w, const struct corral_limiter *l)
+{
+    json_begin_object(w);
+    json_key(w, "name");
+    json_string(w, l->name != NULL ? l->name : "");
+    json_key(w, "total_tokens");
+    json_int(w, l->total_tokens);
+    json_key(w, "borrowed_tokens");
+    json_int(w, l->borrowed_tokens);
+    json_key(w, "waiting");
+    json_int(w, l->waiting);
+    json_key(w, "borrowers");
+    json_begin_array(w);
+    for (size_t i = 0; i < l->nborrowers; i++)
+        json_string(w, l->borrowers[i]);
+    json_end_array(w);
+    json_end_object(w);
+}
+
+int
+print_limiters_json(FILE *f, const struct corral_limiter *l, size_t n, bool as_array)
+{
+    struct json_writer w;
+    json_init(&w, f);
+    if (as_array)
+        json_begin_array(&w);
+    for (size_t i = 0; i < n; i++) {
+        json_limiter(&w, &l[i]);
+        if (!as_array)
+            break;
+    }
+    if (as_array)
+        json_end_array(&w);
     return json_finish(&w);
 }
