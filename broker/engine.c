@@ -660,18 +660,16 @@ find_group(struct engine *e, const struct peer *from, const struct cmd *c)
     return g;
 }
 
-/* The key of an idempotency key in e->idem: the group's id, a newline, the key (a group
- * id holds no newline, so the split is unambiguous). In the turn's arena. */
-static const char *
-idem_key(struct engine *e, const struct group *g, const char *key)
+/* The key of an idempotency key in e->idem: the group's id string, a newline, the key
+ * (an id holds no newline, so the split is unambiguous). Owned by the caller (free). */
+char *
+idem_map_key(uint64_t group_id, const char *key)
 {
-    size_t glen = strlen(g->n.idstr), klen = strlen(key);
-    char *k = arena_alloc(&e->out->arena, glen + klen + 2);
+    size_t len = strlen(key) + MODEL_ID_MAX + 2;
+    char *k = malloc(len);
     if (k == NULL)
         oom();
-    memcpy(k, g->n.idstr, glen);
-    k[glen] = '\n';
-    memcpy(k + glen + 1, key, klen + 1);
+    snprintf(k, len, "g%" PRIu64 "\n%s", group_id, key);
     return k;
 }
 
@@ -682,7 +680,9 @@ submit_duplicate(struct engine *e, const struct peer *from, const struct cmd *c,
 {
     if (c->idem_key == NULL || !*c->idem_key)
         return false;
-    struct job *j = strmap_get(&e->idem, idem_key(e, g, c->idem_key));
+    char *k = idem_map_key(g->n.id, c->idem_key);
+    struct job *j = strmap_get(&e->idem, k);
+    free(k);
     if (j == NULL)
         return false;
     struct out_msg *m = reply(e, from, c->request_id, CORRAL_OK, NULL);
@@ -762,8 +762,10 @@ on_submit(struct engine *e, const struct peer *from, const struct cmd *c)
     scope_init(e, &j->n, &c->scope);
     if (c->idem_key != NULL && *c->idem_key) {
         j->idem_key = estrdup(c->idem_key);
-        if (!strmap_put(&e->idem, idem_key(e, g, c->idem_key), j))
+        char *k = idem_map_key(g->n.id, c->idem_key);
+        if (!strmap_put(&e->idem, k, j))
             oom();
+        free(k);
     }
     if (cancelled) {
         /* D1 / S5: recorded, ended CANCELLED, never queued nor dispatched. A job is

@@ -267,12 +267,18 @@ void engine_handle_worker(struct engine *e, const struct peer *from, const struc
 struct worker *worker_find(struct engine *e, const struct peer *p);
 void workers_free(struct engine *e);
 
+/* e->idem's key for idempotency key `key` of group group_id (S11); owned (free). */
+char *idem_map_key(uint64_t group_id, const char *key);
+
 /* ---- limiters (engine_limit.c) */
 void engine_handle_limiter(struct engine *e, const struct peer *from, const struct cmd *c);
 /* Resolves the limiter names of a submission into j (counting it as a user of each).
  * Returns false (nothing changed) after replying NOT_FOUND when one does not exist. */
 bool job_limiters_init(struct engine *e, struct job *j, const char *const *names, size_t n,
                        const struct peer *from, uint64_t request_id);
+/* Resolves j->limiter_names to limiters (counting j as a user of each). Returns the
+ * first name that names no limiter (nothing changed then), or NULL. */
+const char *job_limiters_resolve(struct engine *e, struct job *j);
 /* Whether every limiter of j has a token that no older dispatchable waiter needs. */
 bool tokens_available(const struct job *j);
 /* Takes one token of each of j's limiters (at dispatch). */

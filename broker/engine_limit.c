@@ -187,31 +187,43 @@ engine_handle_limiter(struct engine *e, const struct peer *from, const struct cm
 
 /* ------------------------------------------------------------------ jobs and tokens */
 
+const char *
+job_limiters_resolve(struct engine *e, struct job *j)
+{
+    for (size_t i = 0; i < j->nlimiters; i++)
+        if (limiter_find(e, j->limiter_names[i]) == NULL)
+            return j->limiter_names[i];
+    j->limiters = ecalloc(j->nlimiters, sizeof(*j->limiters));
+    for (size_t i = 0; i < j->nlimiters; i++) {
+        j->limiters[i] = limiter_find(e, j->limiter_names[i]);
+        j->limiters[i]->refs++;
+    }
+    return NULL;
+}
+
 bool
 job_limiters_init(struct engine *e, struct job *j, const char *const *names, size_t n,
                   const struct peer *from, uint64_t request_id)
 {
     if (n == 0)
         return true;
-    for (size_t i = 0; i < n; i++) {
-        if (limiter_find(e, names[i]) == NULL) {
-            if (from)
-                reply_fmt(e, from, request_id, CORRAL_ENOTFOUND,
-                          "no such limiter: '%s' (create it first: SetLimiter, or corralctl "
-                          "limiter set %s TOKENS)",
-                          names[i], names[i]);
-            return false;
-        }
-    }
     j->limiter_names = ecalloc(n, sizeof(*j->limiter_names));
-    j->limiters = ecalloc(n, sizeof(*j->limiters));
     j->nlimiters = n;
-    for (size_t i = 0; i < n; i++) {
+    for (size_t i = 0; i < n; i++)
         j->limiter_names[i] = estrdup(names[i]);
-        j->limiters[i] = limiter_find(e, names[i]);
-        j->limiters[i]->refs++;
-    }
-    return true;
+    const char *missing = job_limiters_resolve(e, j);
+    if (missing == NULL)
+        return true;
+    reply_fmt(e, from, request_id, CORRAL_ENOTFOUND,
+              "no such limiter: '%s' (create it first: SetLimiter, or corralctl limiter set %s "
+              "TOKENS)",
+              missing, missing);
+    for (size_t i = 0; i < n; i++)
+        free(j->limiter_names[i]);
+    free(j->limiter_names);
+    j->limiter_names = NULL;
+    j->nlimiters = 0;
+    return false;
 }
 
 bool

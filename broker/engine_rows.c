@@ -4,7 +4,6 @@
  * reconnect window. */
 #include "engine_int.h"
 
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -178,30 +177,19 @@ restore_limiters(struct engine *e, struct job *j, const struct job_row *r)
     size_t n = 1;
     for (const char *p = r->limiters; *p; p++)
         n += *p == '\n';
+    j->limiter_names = ecalloc(n, sizeof(*j->limiter_names));
     char *copy = estrdup(r->limiters);
-    const char **names = ecalloc(n, sizeof(*names));
-    size_t k = 0;
-    for (char *save = NULL, *t = strtok_r(copy, "\n", &save); t && k < n;
+    for (char *save = NULL, *t = strtok_r(copy, "\n", &save); t && j->nlimiters < n;
          t = strtok_r(NULL, "\n", &save))
-        names[k++] = t;
-    if (j->n.state == ST_ENDED) {
-        /* Only its names are kept, for trees: the limiters may have been deleted since. */
-        j->limiter_names = ecalloc(k, sizeof(*j->limiter_names));
-        for (size_t i = 0; i < k; i++)
-            j->limiter_names[i] = estrdup(names[i]);
-        j->nlimiters = k;
-        free(names);
-        free(copy);
-        return CORRAL_OK;
-    }
-    bool ok = job_limiters_init(e, j, names, k, NULL, 0);
-    free(names);
+        j->limiter_names[j->nlimiters++] = estrdup(t);
     free(copy);
-    if (!ok)
+    /* An ended job keeps only the names, for trees: its limiters may be deleted since. */
+    if (j->n.state == ST_ENDED)
+        return CORRAL_OK;
+    if (job_limiters_resolve(e, j) != NULL)
         return CORRAL_EINTERNAL; /* a limiter in use was deleted: an inconsistent database */
-    if (r->holds_tokens && (j->n.state == ST_RUNNING || j->n.state == ST_CANCELLING)) {
+    if (r->holds_tokens && (j->n.state == ST_RUNNING || j->n.state == ST_CANCELLING))
         tokens_acquire(e, j);
-    }
     return CORRAL_OK;
 }
 
@@ -234,12 +222,7 @@ engine_restore_job(struct engine *e, const struct job_row *r)
         arm_retry(e, j); /* S13: the retry schedule survives a restart */
     if (r->idem_key) {
         j->idem_key = estrdup(r->idem_key);
-        size_t klen = strlen(r->idem_key) + MODEL_ID_MAX + 2;
-        char *k = malloc(klen);
-        if (k == NULL)
-            engine_oom();
-        /* The group's id string is "g" and its number (engine.c's idem_key). */
-        snprintf(k, klen, "g%llu\n%s", (unsigned long long)r->group_id, r->idem_key);
+        char *k = idem_map_key(r->group_id, r->idem_key);
         if (!strmap_put(&e->idem, k, j))
             engine_oom();
         free(k);

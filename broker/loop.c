@@ -36,6 +36,11 @@ struct pending {
     uint8_t buf[];
 };
 
+struct backlog_peer {
+    struct peer peer;
+    size_t n;
+};
+
 struct loop {
     const struct config *cfg;
     struct engine *eng;
@@ -53,6 +58,11 @@ struct loop {
     struct pending *backlog; /* oldest first */
     struct pending **backlog_tail;
     size_t nbacklog;
+    /* The peers with messages in the backlog and how many each (few: a peer is only here
+     * while it does not read), so the send path checks a peer without walking the list. */
+    struct backlog_peer *bpeers;
+    size_t nbpeers;
+    size_t capbpeers;
 };
 
 static const char *const side_name[2] = {"client", "worker"};
@@ -148,6 +158,7 @@ loop_free(struct loop **p)
         l->backlog = pm->next;
         free(pm);
     }
+    free(l->bpeers);
     free(l);
     *p = NULL;
 }
@@ -298,14 +309,32 @@ send_frame(struct loop *l, const struct peer *to, const uint8_t *buf, size_t len
     return 0;
 }
 
+/* The backlog entry of peer p, or NULL when nothing waits for it. */
+static struct backlog_peer *
+backlog_peer(const struct loop *l, const struct peer *p)
+{
+    for (size_t i = 0; i < l->nbpeers; i++)
+        if (same_peer(&l->bpeers[i].peer, p))
+            return &l->bpeers[i];
+    return NULL;
+}
+
 /* How many backlog messages wait for peer p. */
 static size_t
 backlog_count(const struct loop *l, const struct peer *p)
 {
-    size_t n = 0;
-    for (const struct pending *pm = l->backlog; pm; pm = pm->next)
-        n += same_peer(&pm->to, p);
-    return n;
+    const struct backlog_peer *bp = l->nbpeers ? backlog_peer(l, p) : NULL;
+    return bp ? bp->n : 0;
+}
+
+/* One message of peer p left the backlog (sent or dropped). */
+static void
+backlog_unref(struct loop *l, const struct peer *p)
+{
+    struct backlog_peer *bp = backlog_peer(l, p);
+    l->nbacklog--;
+    if (--bp->n == 0)
+        *bp = l->bpeers[--l->nbpeers];
 }
 
 /* Removes every backlog message of peer p. */
@@ -318,8 +347,8 @@ backlog_drop_peer(struct loop *l, const struct peer *p)
         if (same_peer(&(*pp)->to, p)) {
             struct pending *gone = *pp;
             *pp = gone->next;
+            backlog_unref(l, &gone->to);
             free(gone);
-            l->nbacklog--;
         } else {
             l->backlog_tail = &(*pp)->next;
             pp = &(*pp)->next;
@@ -356,6 +385,22 @@ backlog_push(struct loop *l, const struct peer *to, const uint8_t *buf, size_t l
     *l->backlog_tail = pm;
     l->backlog_tail = &pm->next;
     l->nbacklog++;
+    struct backlog_peer *bp = backlog_peer(l, to);
+    if (bp == NULL) {
+        if (l->nbpeers == l->capbpeers) {
+            size_t cap = l->capbpeers ? l->capbpeers * 2 : 8;
+            struct backlog_peer *grown = realloc(l->bpeers, cap * sizeof(*grown));
+            if (grown == NULL) {
+                log_event(LOG_ERROR, "out_of_memory", "where=backlog");
+                abort();
+            }
+            l->bpeers = grown;
+            l->capbpeers = cap;
+        }
+        bp = &l->bpeers[l->nbpeers++];
+        *bp = (struct backlog_peer){*to, 0};
+    }
+    bp->n++;
     l->stats.backlogged++;
 }
 
@@ -385,8 +430,8 @@ backlog_flush(struct loop *l)
         if (err == EHOSTUNREACH)
             peer_vanished(l, &pm->to);
         *pp = pm->next;
+        backlog_unref(l, &pm->to);
         free(pm);
-        l->nbacklog--;
     }
     l->backlog_tail = &l->backlog;
     while (*l->backlog_tail)
@@ -426,7 +471,7 @@ send_one(struct loop *l, const struct out_msg *m)
 {
     const uint8_t *buf = NULL;
     size_t len = 0;
-    bool behind = l->nbacklog > 0 && backlog_count(l, &m->to) > 0;
+    bool behind = backlog_count(l, &m->to) > 0;
     if (behind && m->type == OUTMSG_EVENT) {
         event_overflow(l, m);
         return;

@@ -1486,3 +1486,57 @@ expect_no_worker_problem(struct test_worker *w)
     test_worker_problem(w, problem, sizeof problem);
     cr_expect(problem[0] == '\0', "the test worker met an error: %s", problem);
 }
+
+/* ---- shared raw-worker and tree helpers (see harness.h) */
+
+void
+raw_worker_register(struct raw_peer *p, const struct broker *b, const char *const *kinds,
+                    size_t nkinds, unsigned concurrency)
+{
+    raw_connect(p, b->worker_ep);
+    Corral__V1__Envelope *r = raw_worker_ready(p, kinds, nkinds, concurrency, NULL, NULL, 0);
+    cr_assert_eq(r->reply->code, CORRAL__V1__ERROR_CODE__ERR_OK, "Ready refused: %s",
+                 r->reply->message);
+    corral__v1__envelope__free_unpacked(r, NULL);
+}
+
+int
+raw_worker_failed_retryable(struct raw_peer *p, const char *job, uint32_t attempt, const char *type,
+                            const char *message)
+{
+    Corral__V1__Envelope env;
+    Corral__V1__Failed failed;
+    corral__v1__envelope__init(&env);
+    corral__v1__failed__init(&failed);
+    failed.job = (char *)job;
+    failed.attempt = attempt;
+    failed.type = (char *)type;
+    failed.message = (char *)message;
+    failed.retryable = true;
+    env.body_case = CORRAL__V1__ENVELOPE__BODY_FAILED;
+    env.failed = &failed;
+    Corral__V1__Envelope *r = raw_request(p, &env, 5000);
+    int code = r->reply != NULL ? (int)r->reply->code : -1;
+    corral__v1__envelope__free_unpacked(r, NULL);
+    return code;
+}
+
+const Corral__V1__Node *
+pnode_find(const Corral__V1__Node *n, const char *id)
+{
+    if (n == NULL)
+        return NULL;
+    if (n->id != NULL && strcmp(n->id, id) == 0)
+        return n;
+    for (size_t i = 0; i < n->n_children; i++) {
+        const Corral__V1__Node *f = pnode_find(n->children[i], id);
+        if (f != NULL)
+            return f;
+    }
+    for (size_t i = 0; i < n->n_groups; i++) {
+        const Corral__V1__Node *f = pnode_find(n->groups[i], id);
+        if (f != NULL)
+            return f;
+    }
+    return NULL;
+}

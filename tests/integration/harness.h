@@ -150,11 +150,18 @@ Corral__V1__Envelope *raw_request(struct raw_peer *p, Corral__V1__Envelope *env,
 Corral__V1__Envelope *raw_worker_ready(struct raw_peer *p, const char *const *kinds, size_t nkinds,
                                        unsigned concurrency, const char *const *jobs,
                                        const uint32_t *attempts, size_t nrunning);
+/* Connects p to b's worker endpoint and registers it for the kinds with the given
+ * concurrency; asserts the Ready reply is OK. */
+void raw_worker_register(struct raw_peer *p, const struct broker *b, const char *const *kinds,
+                         size_t nkinds, unsigned concurrency);
 /* Reports; each returns the Reply's code (enum corral_err numbers). */
 int raw_worker_done(struct raw_peer *p, const char *job, uint32_t attempt, const char *result);
 int raw_worker_failed(struct raw_peer *p, const char *job, uint32_t attempt, const char *type,
                       const char *message);
 int raw_worker_cancel_ack(struct raw_peer *p, const char *job, uint32_t attempt);
+/* Failed with retryable set (S13). */
+int raw_worker_failed_retryable(struct raw_peer *p, const char *job, uint32_t attempt,
+                                const char *type, const char *message);
 /* Sends a Heartbeat now (its reply is swallowed later). */
 void raw_worker_heartbeat(struct raw_peer *p);
 /* The next unsolicited message (stashed first), waiting up to timeout_ms; NULL on timeout.
@@ -168,6 +175,9 @@ Corral__V1__Envelope *raw_worker_expect(struct raw_peer *p, Corral__V1__Envelope
 void raw_worker_idle(struct raw_peer *p, int ms);
 
 /* ---- tree helpers (additions) ---- */
+
+/* Finds id in a protobuf tree (children and groups opened by jobs); NULL if absent. */
+const Corral__V1__Node *pnode_find(const Corral__V1__Node *n, const char *id);
 
 /* Prints a tree (one node a line, indented) to f, for diagnostics. */
 void tree_print(FILE *f, const struct corral_node *root);

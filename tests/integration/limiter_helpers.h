@@ -22,18 +22,6 @@
 
 /* ------------------------------------------------------------------ raw workers */
 
-/* Connects a raw worker for the given kinds and concurrency and checks the Ready reply. */
-static inline void
-rw_register(struct raw_peer *p, const struct broker *b, const char *const *kinds, size_t nkinds,
-            unsigned concurrency)
-{
-    raw_connect(p, b->worker_ep);
-    Corral__V1__Envelope *r = raw_worker_ready(p, kinds, nkinds, concurrency, NULL, NULL, 0);
-    cr_assert_eq(r->reply->code, CORRAL__V1__ERROR_CODE__ERR_OK, "Ready refused: %s",
-                 r->reply->message);
-    corral__v1__envelope__free_unpacked(r, NULL);
-}
-
 /* Waits (heartbeating) for the next Dispatch or Cancel on p; asserts it arrives. The
  * job id is copied into job; returns the message's body case, and the attempt in
  * *attempt. */

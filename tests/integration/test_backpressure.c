@@ -335,17 +335,6 @@ expect_all_succeeded_once(const struct corral_node *t, const struct acked *a, si
     }
 }
 
-static void
-raw_worker_register(struct raw_peer *p, const struct broker *b, const char *const *kinds,
-                    size_t nkinds, unsigned concurrency)
-{
-    raw_connect(p, b->worker_ep);
-    Corral__V1__Envelope *r = raw_worker_ready(p, kinds, nkinds, concurrency, NULL, NULL, 0);
-    cr_assert_eq(r->reply->code, CORRAL__V1__ERROR_CODE__ERR_OK, "Ready refused: %s",
-                 r->reply->message);
-    corral__v1__envelope__free_unpacked(r, NULL);
-}
-
 /* ------------------------------------------------------------------ S11: the bound */
 
 /* 200 pipelined submissions from 4 clients, no worker, --max-queued 50: exactly 50 are

@@ -12,19 +12,7 @@
 
 TestSuite(s4_propagation, .fini = harness_teardown);
 
-/* Registers a raw worker for kind "raw" with concurrency 1 and checks the Ready reply. */
-static void
-raw_worker_register(struct raw_peer *p, const struct broker *b)
-{
-    static const char *const kinds[] = {"raw"};
-    raw_connect(p, b->worker_ep);
-    Corral__V1__Envelope *r = raw_worker_ready(p, kinds, 1, 1, NULL, NULL, 0);
-    cr_assert_eq(r->reply->code, CORRAL__V1__ERROR_CODE__ERR_OK, "Ready refused: %s",
-                 r->reply->message);
-    cr_assert_eq(r->reply->heartbeat_interval_ms, 100);
-    cr_assert_eq(r->reply->heartbeat_timeout_ms, 1000);
-    corral__v1__envelope__free_unpacked(r, NULL);
-}
+static const char *const RAW_KINDS[] = {"raw"};
 
 Test(s4_propagation, running_job_receives_cancel_with_source_and_reason_within_1s)
 {
@@ -81,7 +69,7 @@ Test(s4_propagation, group_stays_cancelling_until_the_worker_acknowledges)
     struct broker b;
     broker_start(&b, NULL);
     struct raw_peer wk;
-    raw_worker_register(&wk, &b);
+    raw_worker_register(&wk, &b, RAW_KINDS, 1, 1);
     struct corral_client *c = client_connect(&b);
     char g[CORRAL_ID_MAX], j[CORRAL_ID_MAX];
 
@@ -143,7 +131,7 @@ Test(s4_propagation, cancel_is_repeated_until_acknowledged)
     struct broker b;
     broker_start(&b, NULL);
     struct raw_peer wk;
-    raw_worker_register(&wk, &b);
+    raw_worker_register(&wk, &b, RAW_KINDS, 1, 1);
     struct corral_client *c = client_connect(&b);
     char g[CORRAL_ID_MAX], j[CORRAL_ID_MAX];
 
@@ -290,7 +278,7 @@ Test(s4_propagation, cancel_reaches_a_job_three_levels_down_through_two_job_owne
     broker_start(&b, NULL);
     struct test_worker *w = test_worker_start(&b, 2);
     struct raw_peer wk;
-    raw_worker_register(&wk, &b);
+    raw_worker_register(&wk, &b, RAW_KINDS, 1, 1);
     struct corral_client *c = client_connect(&b);
     char g[CORRAL_ID_MAX], p1[CORRAL_ID_MAX], h1[CORRAL_ID_MAX], p2[CORRAL_ID_MAX];
     char h2[CORRAL_ID_MAX], x3[CORRAL_ID_MAX];

@@ -230,17 +230,6 @@ expect_no_worker_cancel(struct test_worker *w, const char *job)
               seen ? corral_source_name(cs.source) : "-", seen ? cs.reason : "");
 }
 
-/* Registers a raw worker for kind "raw" with the given concurrency. */
-static void
-raw_worker_register(struct raw_peer *p, const struct broker *b, unsigned concurrency)
-{
-    raw_connect(p, b->worker_ep);
-    Corral__V1__Envelope *r = raw_worker_ready(p, RAW_KINDS, 1, concurrency, NULL, NULL, 0);
-    cr_assert_eq(r->reply->code, CORRAL__V1__ERROR_CODE__ERR_OK, "Ready refused: %s",
-                 r->reply->message);
-    corral__v1__envelope__free_unpacked(r, NULL);
-}
-
 /* A Dispatch as a raw worker saw it. */
 struct dispatched {
     char job[CORRAL_ID_MAX];
@@ -630,7 +619,7 @@ Test(s6_deadlines, no_deadline_fires_early)
     struct broker b;
     broker_start(&b, NULL);
     struct raw_peer wk, rc;
-    raw_worker_register(&wk, &b, 2);
+    raw_worker_register(&wk, &b, RAW_KINDS, 1, 2);
     raw_connect(&rc, b.client_ep);
     struct corral_client *c = client_connect(&b);
 
@@ -701,7 +690,7 @@ Test(s6_deadlines, absolute_deadline_unix_ms_fires_at_its_time)
     struct broker b;
     broker_start(&b, NULL);
     struct raw_peer wk, rc;
-    raw_worker_register(&wk, &b, 2);
+    raw_worker_register(&wk, &b, RAW_KINDS, 1, 2);
     raw_connect(&rc, b.client_ep);
     struct corral_client *c = client_connect(&b);
     char g[CORRAL_ID_MAX], j[CORRAL_ID_MAX], h[CORRAL_ID_MAX], k[CORRAL_ID_MAX];
@@ -942,7 +931,7 @@ Test(s6_deadlines, effective_deadline_in_dispatch_and_tree)
     struct broker b;
     broker_start(&b, NULL);
     struct raw_peer wk, rc;
-    raw_worker_register(&wk, &b, 16);
+    raw_worker_register(&wk, &b, RAW_KINDS, 1, 16);
     raw_connect(&rc, b.client_ep);
     struct corral_client *c = client_connect(&b);
     char g[CORRAL_ID_MAX], h[CORRAL_ID_MAX], sg[CORRAL_ID_MAX], o[CORRAL_ID_MAX];

@@ -318,7 +318,7 @@ Test(s10_limiters, tokens_of_several_limiters_are_taken_all_at_once_without_dead
     broker_start(&b, NULL);
     struct corral_client *c = client_connect(&b);
     struct raw_peer wk;
-    rw_register(&wk, &b, LIM_KIND, 1, 8);
+    raw_worker_register(&wk, &b, LIM_KIND, 1, 8);
     limiter_set(c, "A", 1);
     limiter_set(c, "B", 1);
 
@@ -368,7 +368,7 @@ Test(s10_limiters, waiters_are_served_in_submission_order_across_kinds)
     /* One worker with room for all, serving two kinds (two queues the broker merges). */
     static const char *const kinds[] = {"ka", "kb"};
     struct raw_peer wk;
-    rw_register(&wk, &b, kinds, 2, 32);
+    raw_worker_register(&wk, &b, kinds, 2, 32);
     limiter_set(c, "F", 1);
     static const char *const f[] = {"F", NULL};
 
@@ -416,7 +416,7 @@ Test(s10_limiters, two_limiter_job_is_not_starved_by_younger_one_limiter_jobs)
     broker_start(&b, NULL);
     struct corral_client *c = client_connect(&b);
     struct raw_peer wk;
-    rw_register(&wk, &b, LIM_KIND, 1, 16);
+    raw_worker_register(&wk, &b, LIM_KIND, 1, 16);
     limiter_set(c, "A", 1);
     limiter_set(c, "B", 1);
     static const char *const a[] = {"A", NULL};
@@ -471,7 +471,7 @@ Test(d7_limiters, job_needing_a_free_limiter_runs_while_older_jobs_wait_on_other
     broker_start(&b, NULL);
     struct corral_client *c = client_connect(&b);
     struct raw_peer wk;
-    rw_register(&wk, &b, LIM_KIND, 1, 8);
+    raw_worker_register(&wk, &b, LIM_KIND, 1, 8);
     limiter_set(c, "A", 1);
     limiter_set(c, "B", 1);
     limiter_set(c, "C", 0); /* paused */
@@ -533,7 +533,7 @@ Test(s10_limiters, cancel_of_a_waiting_job_releases_nothing)
     broker_start(&b, NULL);
     struct corral_client *c = client_connect(&b);
     struct raw_peer wk;
-    rw_register(&wk, &b, LIM_KIND, 1, 8);
+    raw_worker_register(&wk, &b, LIM_KIND, 1, 8);
     limiter_set(c, "A", 1);
     static const char *const a[] = {"A", NULL};
 
@@ -580,7 +580,7 @@ Test(s10_limiters, cancel_of_a_running_job_releases_its_tokens_exactly_once)
     broker_start(&b, NULL);
     struct corral_client *c = client_connect(&b);
     struct raw_peer wk;
-    rw_register(&wk, &b, LIM_KIND, 1, 8);
+    raw_worker_register(&wk, &b, LIM_KIND, 1, 8);
     limiter_set(c, "A", 2);
     static const char *const a[] = {"A", NULL};
 
@@ -667,7 +667,7 @@ Test(s10_limiters, delete_is_refused_while_in_use_and_unknown_limiters_are_refus
     broker_start(&b, NULL);
     struct corral_client *c = client_connect(&b);
     struct raw_peer wk;
-    rw_register(&wk, &b, LIM_KIND, 1, 8);
+    raw_worker_register(&wk, &b, LIM_KIND, 1, 8);
     limiter_set(c, "A", 1);
     limiter_set(c, "B", 1);
     static const char *const a[] = {"A", NULL};
@@ -746,7 +746,7 @@ Test(s10_limiters, raising_total_admits_waiters_at_once_and_lowering_preempts_no
     broker_start(&b, NULL);
     struct corral_client *c = client_connect(&b);
     struct raw_peer wk;
-    rw_register(&wk, &b, LIM_KIND, 1, 16);
+    raw_worker_register(&wk, &b, LIM_KIND, 1, 16);
     limiter_set(c, "A", 1);
     static const char *const a[] = {"A", NULL};
 

@@ -31,7 +31,7 @@ Test(s10_limiter_leases, tokens_of_a_lost_worker_are_released)
 
     /* Worker 1 runs J (A, may be retried once) and K (B, one attempt only). */
     struct raw_peer w1, w2;
-    rw_register(&w1, &b, LIM_KIND, 1, 4);
+    raw_worker_register(&w1, &b, LIM_KIND, 1, 4);
     char g1[CORRAL_ID_MAX], g2[CORRAL_ID_MAX], j[CORRAL_ID_MAX], w[CORRAL_ID_MAX], k[CORRAL_ID_MAX];
     open_root(c, g1);
     open_root(c, g2);
@@ -45,7 +45,7 @@ Test(s10_limiter_leases, tokens_of_a_lost_worker_are_released)
 
     /* Worker 2 arrives; worker 1 falls silent from now on. Until it is declared lost, its
      * jobs keep their tokens; then W takes J's token on worker 2. */
-    rw_register(&w2, &b, LIM_KIND, 1, 4);
+    raw_worker_register(&w2, &b, LIM_KIND, 1, 4);
     uint64_t deadline = clock_mono_ms() + WAIT_MS;
     uint32_t att_w = 0;
     for (;;) {
@@ -274,7 +274,7 @@ Test(s10_limiter_leases, cancelled_waiter_racing_a_release_leaks_no_token, .time
     struct corral_client *c = client_connect(&b);
     limiter_set(c, "A", 1);
     struct raw_peer wk, cl;
-    rw_register(&wk, &b, LIM_KIND, 1, 8);
+    raw_worker_register(&wk, &b, LIM_KIND, 1, 8);
     raw_connect(&cl, b.client_ep);
 
     struct race_counts counts = {0, 0};
@@ -324,7 +324,7 @@ Test(s10_limiter_leases, borrowers_and_waiters_survive_kill9_and_are_reclaimed)
     static const char *const bb[] = {"B", NULL};
 
     struct raw_peer wk;
-    rw_register(&wk, &b, LIM_KIND, 1, 8);
+    raw_worker_register(&wk, &b, LIM_KIND, 1, 8);
     char g[CORRAL_ID_MAX], h1[CORRAL_ID_MAX], h2[CORRAL_ID_MAX], w1[CORRAL_ID_MAX],
         w2[CORRAL_ID_MAX], w3[CORRAL_ID_MAX];
     open_root(c, g);
@@ -418,7 +418,7 @@ Test(s10_limiter_leases, tokens_of_a_job_not_reclaimed_after_kill9_are_released)
     limiter_set(c, "A", 1);
     static const char *const a[] = {"A", NULL};
     struct raw_peer wk;
-    rw_register(&wk, &b, LIM_KIND, 1, 8);
+    raw_worker_register(&wk, &b, LIM_KIND, 1, 8);
     char g[CORRAL_ID_MAX], h[CORRAL_ID_MAX], w[CORRAL_ID_MAX];
     open_root(c, g);
     cr_assert_eq(try_submit_lim(c, g, "lim", a, 3, 100, h), CORRAL_OK);
@@ -435,7 +435,7 @@ Test(s10_limiter_leases, tokens_of_a_job_not_reclaimed_after_kill9_are_released)
      * reconnect window, then is retried and gives it back, and W gets it. */
     c = client_connect(&b);
     lim_expect(c, "A", 1, 1, 1, (const char *const[]){h, NULL});
-    rw_register(&wk, &b, LIM_KIND, 1, 8);
+    raw_worker_register(&wk, &b, LIM_KIND, 1, 8);
     uint64_t deadline = clock_mono_ms() + WAIT_MS;
     uint32_t att_w = 0;
     for (;;) {
@@ -490,7 +490,7 @@ Test(s10_limiter_leases, limiter_deleted_after_its_jobs_ended_stays_deleted_acro
     limiter_set(c, "B", 2);
     static const char *const a[] = {"A", NULL};
     struct raw_peer wk;
-    rw_register(&wk, &b, LIM_KIND, 1, 8);
+    raw_worker_register(&wk, &b, LIM_KIND, 1, 8);
     char g[CORRAL_ID_MAX], j[CORRAL_ID_MAX];
     open_root(c, g);
     submit_lim(c, g, "lim", a, j);

@@ -35,17 +35,6 @@ static const char *const RAW_KINDS[] = {"raw"};
 
 /* ------------------------------------------------------------------ helpers */
 
-static void
-raw_worker_register(struct raw_peer *p, const struct broker *b, const char *const *kinds,
-                    size_t nkinds, unsigned concurrency)
-{
-    raw_connect(p, b->worker_ep);
-    Corral__V1__Envelope *r = raw_worker_ready(p, kinds, nkinds, concurrency, NULL, NULL, 0);
-    cr_assert_eq(r->reply->code, CORRAL__V1__ERROR_CODE__ERR_OK, "Ready refused: %s",
-                 r->reply->message);
-    corral__v1__envelope__free_unpacked(r, NULL);
-}
-
 /* Waits for a Dispatch on p (heartbeating), checks it is job's and returns its attempt. */
 static uint32_t
 expect_dispatch(struct raw_peer *p, const char *job, int timeout_ms)
@@ -97,48 +86,6 @@ raw_submit(struct raw_peer *cl, const char *group, const char *kind, const char 
     cr_assert(r->reply->id[0] != '\0' && strlen(r->reply->id) < CORRAL_ID_MAX);
     snprintf(id, CORRAL_ID_MAX, "%s", r->reply->id);
     corral__v1__envelope__free_unpacked(r, NULL);
-}
-
-/* Failed with retryable set; returns the Reply's code. */
-static int
-raw_worker_failed_retryable(struct raw_peer *p, const char *job, uint32_t attempt, const char *type,
-                            const char *message)
-{
-    Corral__V1__Envelope env;
-    Corral__V1__Failed failed;
-    corral__v1__envelope__init(&env);
-    corral__v1__failed__init(&failed);
-    failed.job = (char *)job;
-    failed.attempt = attempt;
-    failed.type = (char *)type;
-    failed.message = (char *)message;
-    failed.retryable = true;
-    env.body_case = CORRAL__V1__ENVELOPE__BODY_FAILED;
-    env.failed = &failed;
-    Corral__V1__Envelope *r = raw_request(p, &env, 5000);
-    int code = r->reply != NULL ? (int)r->reply->code : -1;
-    corral__v1__envelope__free_unpacked(r, NULL);
-    return code;
-}
-
-static const Corral__V1__Node *
-pnode_find(const Corral__V1__Node *n, const char *id)
-{
-    if (n == NULL)
-        return NULL;
-    if (n->id != NULL && strcmp(n->id, id) == 0)
-        return n;
-    for (size_t i = 0; i < n->n_children; i++) {
-        const Corral__V1__Node *f = pnode_find(n->children[i], id);
-        if (f != NULL)
-            return f;
-    }
-    for (size_t i = 0; i < n->n_groups; i++) {
-        const Corral__V1__Node *f = pnode_find(n->groups[i], id);
-        if (f != NULL)
-            return f;
-    }
-    return NULL;
 }
 
 /* The retry fields of one job, read with a raw GetTree. */

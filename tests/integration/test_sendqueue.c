@@ -17,6 +17,7 @@
 
 TestSuite(s11_send_queues, .fini = harness_teardown);
 
+static const char *const RAW_KINDS[] = {"raw"};
 static const char *const HWM_ARGS[] = {"--send-hwm", "2", NULL};
 
 /* A DEALER on endpoint whose own receive queue holds at most 2 messages. */
@@ -59,23 +60,13 @@ run_big_jobs(struct corral_client *c, struct raw_peer *wk, const char *g, int n)
     free(result);
 }
 
-static void
-register_raw(struct raw_peer *wk, const struct broker *b)
-{
-    static const char *const kinds[] = {"raw"};
-    raw_connect(wk, b->worker_ep);
-    Corral__V1__Envelope *r = raw_worker_ready(wk, kinds, 1, 1, NULL, NULL, 0);
-    cr_assert_eq(r->reply->code, CORRAL__V1__ERROR_CODE__ERR_OK);
-    corral__v1__envelope__free_unpacked(r, NULL);
-}
-
 Test(s11_send_queues, slow_subscriber_gets_overflow_as_its_last_event)
 {
     struct broker b;
     broker_start(&b, HWM_ARGS);
     struct corral_client *c = client_connect(&b);
     struct raw_peer wk, sub;
-    register_raw(&wk, &b);
+    raw_worker_register(&wk, &b, RAW_KINDS, 1, 1);
     char g[CORRAL_ID_MAX];
     open_root(c, g);
 
@@ -132,7 +123,7 @@ Test(s11_send_queues, replies_to_a_client_that_does_not_read_wait_and_all_arrive
     broker_start(&b, HWM_ARGS);
     struct corral_client *c = client_connect(&b);
     struct raw_peer wk, slow;
-    register_raw(&wk, &b);
+    raw_worker_register(&wk, &b, RAW_KINDS, 1, 1);
     char g[CORRAL_ID_MAX];
     open_root(c, g);
     run_big_jobs(c, &wk, g, 20); /* each tree is about 5 MiB */

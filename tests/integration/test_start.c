@@ -21,17 +21,6 @@ static const char *const RAW_KINDS[] = {"raw"};
 
 /* ------------------------------------------------------------------ helpers */
 
-/* Registers a raw worker for kind "raw" with the given concurrency. */
-static void
-raw_worker_register(struct raw_peer *p, const struct broker *b, unsigned concurrency)
-{
-    raw_connect(p, b->worker_ep);
-    Corral__V1__Envelope *r = raw_worker_ready(p, RAW_KINDS, 1, concurrency, NULL, NULL, 0);
-    cr_assert_eq(r->reply->code, CORRAL__V1__ERROR_CODE__ERR_OK, "Ready refused: %s",
-                 r->reply->message);
-    corral__v1__envelope__free_unpacked(r, NULL);
-}
-
 /* Waits for a Dispatch on p (heartbeating), copies its job id into job and returns its
  * attempt. */
 static uint32_t
@@ -164,47 +153,6 @@ raw_worker_started(struct raw_peer *p, const char *job, uint32_t attempt, const 
     return code;
 }
 
-static int
-raw_worker_failed_retryable(struct raw_peer *p, const char *job, uint32_t attempt, const char *type,
-                            const char *message)
-{
-    Corral__V1__Envelope env;
-    Corral__V1__Failed failed;
-    corral__v1__envelope__init(&env);
-    corral__v1__failed__init(&failed);
-    failed.job = (char *)job;
-    failed.attempt = attempt;
-    failed.type = (char *)type;
-    failed.message = (char *)message;
-    failed.retryable = true;
-    env.body_case = CORRAL__V1__ENVELOPE__BODY_FAILED;
-    env.failed = &failed;
-    Corral__V1__Envelope *r = raw_request(p, &env, 5000);
-    int code = r->reply != NULL ? (int)r->reply->code : -1;
-    corral__v1__envelope__free_unpacked(r, NULL);
-    return code;
-}
-
-static const Corral__V1__Node *
-pnode_find(const Corral__V1__Node *n, const char *id)
-{
-    if (n == NULL)
-        return NULL;
-    if (n->id != NULL && strcmp(n->id, id) == 0)
-        return n;
-    for (size_t i = 0; i < n->n_children; i++) {
-        const Corral__V1__Node *f = pnode_find(n->children[i], id);
-        if (f != NULL)
-            return f;
-    }
-    for (size_t i = 0; i < n->n_groups; i++) {
-        const Corral__V1__Node *f = pnode_find(n->groups[i], id);
-        if (f != NULL)
-            return f;
-    }
-    return NULL;
-}
-
 /* Node.started of job in group's tree, read with a raw GetTree on reader. */
 static bool
 raw_node_started(struct raw_peer *reader, const char *group, const char *job)
@@ -256,7 +204,7 @@ Test(s9_start_readiness, start_returns_the_started_value_while_the_job_runs_on)
     struct broker b;
     broker_start(&b, NULL);
     struct raw_peer wk, caller, reader;
-    raw_worker_register(&wk, &b, 1);
+    raw_worker_register(&wk, &b, RAW_KINDS, 1, 1);
     raw_connect(&caller, b.client_ep);
     raw_connect(&reader, b.client_ep);
     struct corral_client *c = client_connect(&b);
@@ -311,7 +259,7 @@ Test(s9_start_readiness, failure_before_started_goes_to_the_caller_and_does_not_
     struct broker b;
     broker_start(&b, NULL);
     struct raw_peer wk, caller;
-    raw_worker_register(&wk, &b, 2);
+    raw_worker_register(&wk, &b, RAW_KINDS, 1, 2);
     raw_connect(&caller, b.client_ep);
     struct corral_client *c = client_connect(&b);
     char g[CORRAL_ID_MAX], s[CORRAL_ID_MAX], j[CORRAL_ID_MAX], d[CORRAL_ID_MAX];
@@ -370,7 +318,7 @@ Test(s9_start_readiness, success_without_started_gives_not_started)
     struct broker b;
     broker_start(&b, NULL);
     struct raw_peer wk, caller;
-    raw_worker_register(&wk, &b, 1);
+    raw_worker_register(&wk, &b, RAW_KINDS, 1, 1);
     raw_connect(&caller, b.client_ep);
     struct corral_client *c = client_connect(&b);
     char g[CORRAL_ID_MAX], j[CORRAL_ID_MAX];
@@ -410,7 +358,7 @@ Test(s9_start_readiness, cancelling_the_group_before_started_gives_start_cancell
     struct broker b;
     broker_start(&b, NULL);
     struct raw_peer wk, caller;
-    raw_worker_register(&wk, &b, 1);
+    raw_worker_register(&wk, &b, RAW_KINDS, 1, 1);
     raw_connect(&caller, b.client_ep);
     struct corral_client *c = client_connect(&b);
     char g[CORRAL_ID_MAX], j[CORRAL_ID_MAX], g2[CORRAL_ID_MAX];
@@ -459,7 +407,7 @@ Test(s9_start_readiness, cancelling_the_job_before_started_gives_start_cancelled
     struct broker b;
     broker_start(&b, NULL);
     struct raw_peer wk, caller;
-    raw_worker_register(&wk, &b, 1);
+    raw_worker_register(&wk, &b, RAW_KINDS, 1, 1);
     raw_connect(&caller, b.client_ep);
     struct corral_client *c = client_connect(&b);
     char g[CORRAL_ID_MAX], j[CORRAL_ID_MAX];
@@ -494,7 +442,7 @@ Test(s9_start_readiness, a_deadline_before_started_gives_start_cancelled)
     struct broker b;
     broker_start(&b, NULL);
     struct raw_peer wk, caller;
-    raw_worker_register(&wk, &b, 1);
+    raw_worker_register(&wk, &b, RAW_KINDS, 1, 1);
     raw_connect(&caller, b.client_ep);
     struct corral_client *c = client_connect(&b);
     char g[CORRAL_ID_MAX], j[CORRAL_ID_MAX];
@@ -529,7 +477,7 @@ Test(s9_start_readiness, start_into_a_cancelled_group_is_start_cancelled_at_once
     struct broker b;
     broker_start(&b, NULL);
     struct raw_peer wk, caller;
-    raw_worker_register(&wk, &b, 2);
+    raw_worker_register(&wk, &b, RAW_KINDS, 1, 2);
     raw_connect(&caller, b.client_ep);
     struct corral_client *c = client_connect(&b);
     char g[CORRAL_ID_MAX], x[CORRAL_ID_MAX], d[CORRAL_ID_MAX];
@@ -585,7 +533,7 @@ Test(s9_start_readiness, failure_after_started_is_the_groups)
     struct broker b;
     broker_start(&b, NULL);
     struct raw_peer wk, caller;
-    raw_worker_register(&wk, &b, 2);
+    raw_worker_register(&wk, &b, RAW_KINDS, 1, 2);
     raw_connect(&caller, b.client_ep);
     struct corral_client *c = client_connect(&b);
     char g[CORRAL_ID_MAX], s[CORRAL_ID_MAX], j[CORRAL_ID_MAX], d[CORRAL_ID_MAX];
@@ -629,7 +577,7 @@ Test(s9_start_readiness, started_twice_is_an_error_to_the_worker)
     struct broker b;
     broker_start(&b, NULL);
     struct raw_peer wk, caller;
-    raw_worker_register(&wk, &b, 1);
+    raw_worker_register(&wk, &b, RAW_KINDS, 1, 1);
     raw_connect(&caller, b.client_ep);
     struct corral_client *c = client_connect(&b);
     char g[CORRAL_ID_MAX], j[CORRAL_ID_MAX];
@@ -669,7 +617,7 @@ Test(s9_start_readiness, a_job_retried_before_started_keeps_the_caller_waiting)
     struct broker b;
     broker_start(&b, NULL);
     struct raw_peer wk, caller;
-    raw_worker_register(&wk, &b, 1);
+    raw_worker_register(&wk, &b, RAW_KINDS, 1, 1);
     raw_connect(&caller, b.client_ep);
     struct corral_client *c = client_connect(&b);
     char g[CORRAL_ID_MAX], j[CORRAL_ID_MAX], j2[CORRAL_ID_MAX];
@@ -710,7 +658,7 @@ Test(d2_start_membership, the_job_is_a_child_of_its_group_from_submission)
     struct broker b;
     broker_start(&b, NULL);
     struct raw_peer wk, caller;
-    raw_worker_register(&wk, &b, 1);
+    raw_worker_register(&wk, &b, RAW_KINDS, 1, 1);
     raw_connect(&caller, b.client_ep);
     struct corral_client *c = client_connect(&b);
     char g[CORRAL_ID_MAX], j[CORRAL_ID_MAX];
@@ -757,7 +705,7 @@ Test(d2_start_membership, a_caller_that_stops_waiting_does_not_cancel_the_job)
     struct broker b;
     broker_start(&b, NULL);
     struct raw_peer wk, caller;
-    raw_worker_register(&wk, &b, 1);
+    raw_worker_register(&wk, &b, RAW_KINDS, 1, 1);
     raw_connect(&caller, b.client_ep);
     struct corral_client *c = client_connect(&b);
     char g[CORRAL_ID_MAX], j[CORRAL_ID_MAX];
