@@ -39,6 +39,7 @@ enum cmd_type {
     CMD_SET_LIMITER,
     CMD_DELETE_LIMITER,
     CMD_GET_LIMITERS,
+    CMD_PURGE_GROUP,
 };
 
 struct running_ref {
@@ -150,6 +151,13 @@ struct limiter_info {
     size_t nborrowers;
 };
 
+/* A node whose row is deleted (a purge); a root's deletion also clears its marker. */
+struct deleted_row {
+    enum node_type type;
+    uint64_t id;
+    bool root;
+};
+
 /* One message to send once the turn's transaction has committed. Pointers are borrowed
  * from the engine (which frees nothing during a turn) or owned by the outbox arena. */
 struct out_msg {
@@ -172,6 +180,7 @@ struct out_msg {
     bool duplicate;     /* Submit: the job of an earlier submission with the same key */
     const struct limiter_info *limiters; /* GetLimiters */
     size_t nlimiters;
+    uint64_t purged_nodes; /* PurgeGroup */
     /* OUTMSG_DISPATCH and OUTMSG_CANCEL (job, attempt); dispatch also kind, payload, group */
     const char *job;
     uint32_t attempt;
@@ -203,6 +212,15 @@ struct outbox {
     struct limiter_row *limiters;
     size_t nlimiters;
     size_t caplimiters;
+    /* Purges (retention, PurgeGroup): roots whose purge begins (their marker is written,
+     * so it resumes after a restart), and the nodes whose rows are deleted, children
+     * before parents so that the rows left at any commit form whole trees. */
+    uint64_t *purge_roots;
+    size_t npurge_roots;
+    size_t cappurge_roots;
+    struct deleted_row *deleted;
+    size_t ndeleted;
+    size_t capdeleted;
 };
 
 void outbox_init(struct outbox *ob);
@@ -216,5 +234,9 @@ struct out_msg *outbox_msg(struct outbox *ob, enum out_type type, const struct p
 bool outbox_group_row(struct outbox *ob, const struct group_row *row);
 bool outbox_job_row(struct outbox *ob, const struct job_row *row);
 bool outbox_limiter_row(struct outbox *ob, const struct limiter_row *row);
+/* Records the start of the purge of root group `root` (its marker row). */
+bool outbox_purge_root(struct outbox *ob, uint64_t root);
+/* Records the deletion of a node's row. */
+bool outbox_deleted_row(struct outbox *ob, const struct deleted_row *row);
 
 #endif

@@ -10,6 +10,7 @@
 enum opt_type {
     OPT_TEXT,
     OPT_DURATION,
+    OPT_PERIOD,
     OPT_SIZE,
     OPT_COUNT,
     OPT_SYNC,
@@ -62,6 +63,8 @@ static const struct option_def options[] = {
      "messages queued to one peer before its queue is full; then replies, dispatches and "
      "cancels wait in a backlog and a subscription that cannot keep up ends with "
      "SUBSCRIPTION_OVERFLOW (0: no limit)"},
+    {"retention", "CORRAL_RETENTION", "7d", OPT_PERIOD, FIELD(retention_ms),
+     "ended root groups are purged with their whole tree this long after they ended"},
     {"log-level", "CORRAL_LOG_LEVEL", "info", OPT_LOG_LEVEL, FIELD(log_level),
      "debug, info, warn or error"},
     {"log-format", "CORRAL_LOG_FORMAT", "logfmt", OPT_LOG_FORMAT, FIELD(log_format),
@@ -116,11 +119,23 @@ apply(struct config *cfg, const struct option_def *o, const char *value, const c
     case OPT_DURATION: {
         uint64_t ms;
         if (duration_parse_ms(value, &ms) != 0)
-            why = "is not a duration (a number with an optional unit ms, s, m or h)";
+            why = "is not a duration (a number with an optional unit ms, s, m, h or d)";
         else if (ms == 0)
             why = "must be greater than zero";
         else if (ms > UINT32_MAX)
             why = "is too long";
+        else
+            *(uint64_t *)(void *)field = ms;
+        break;
+    }
+    case OPT_PERIOD: {
+        uint64_t ms;
+        if (duration_parse_ms(value, &ms) != 0)
+            why = "is not a duration (a number with an optional unit ms, s, m, h or d)";
+        else if (ms == 0)
+            why = "must be greater than zero";
+        else if (ms > 100ull * 365 * 86400000)
+            why = "is longer than 100 years";
         else
             *(uint64_t *)(void *)field = ms;
         break;
@@ -245,7 +260,7 @@ config_usage(FILE *f)
     fputs("usage: corrald [OPTION VALUE]...\n"
           "The corral broker: persistent task groups of remote jobs.\n\n"
           "Every option can also be set with its environment variable; a flag wins.\n"
-          "Durations: a number with an optional unit ms, s, m or h (bare: seconds).\n"
+          "Durations: a number with an optional unit ms, s, m, h or d (bare: seconds).\n"
           "Sizes: bytes with an optional K, M or G suffix.\n\n",
           f);
     for (size_t i = 0; i < NOPTIONS; i++)

@@ -24,6 +24,7 @@ struct config {
     uint64_t max_queued;          /* S11: queued jobs in all before BUSY; 0: no bound */
     uint64_t max_queued_per_kind; /* the same per kind */
     uint64_t send_hwm;            /* ZMQ_SNDHWM of each ROUTER, per peer */
+    uint64_t retention_ms;        /* ended root groups are purged this long after */
     enum log_level log_level;
     enum log_format log_format;
 };

@@ -112,6 +112,33 @@ idmap_put(struct idmap *m, struct node *n)
     m->vals[i] = n;
 }
 
+/* Removes id (backward-shift deletion: no tombstones, probes stay short). */
+static void
+idmap_del(struct idmap *m, uint64_t id)
+{
+    if (m->cap == 0 || id == 0)
+        return;
+    size_t mask = m->cap - 1;
+    size_t i = slot_of(id, m->cap);
+    while (m->keys[i] && m->keys[i] != id)
+        i = (i + 1) & mask;
+    if (!m->keys[i])
+        return;
+    m->n--;
+    for (size_t j = (i + 1) & mask; m->keys[j]; j = (j + 1) & mask) {
+        size_t home = slot_of(m->keys[j], m->cap);
+        /* Entry j may move into the hole at i unless its home lies in (i, j]. */
+        bool stays = i <= j ? (home > i && home <= j) : (home > i || home <= j);
+        if (stays)
+            continue;
+        m->keys[i] = m->keys[j];
+        m->vals[i] = m->vals[j];
+        i = j;
+    }
+    m->keys[i] = 0;
+    m->vals[i] = NULL;
+}
+
 static struct node *
 idmap_get(const struct idmap *m, uint64_t id)
 {
@@ -151,7 +178,24 @@ struct node *
 engine_lookup(struct engine *e, const char *idstr, enum node_type type)
 {
     struct node *n = idmap_get(&e->map, parse_id(idstr, type));
-    return n && n->type == type ? n : NULL;
+    if (n == NULL || n->type != type)
+        return NULL;
+    /* A tree being purged is gone for every request (retention). */
+    return root_of(n)->purging ? NULL : n;
+}
+
+struct node *
+root_of(struct node *n)
+{
+    while (n->parent)
+        n = n->parent;
+    return n;
+}
+
+void
+engine_forget(struct engine *e, struct node *n)
+{
+    idmap_del(&e->map, n->id);
 }
 
 struct group *
@@ -554,6 +598,8 @@ group_end(struct engine *e, struct group *g)
         child_ended(e, pg, &g->n);
     else if (g->n.parent)
         job_maybe_end(e, as_job(g->n.parent));
+    else
+        retain_root(e, g); /* purged once --retention has passed */
 }
 
 void
@@ -895,6 +941,9 @@ engine_handle(struct engine *e, const struct peer *from, const struct cmd *c, ui
     case CMD_GET_LIMITERS:
         engine_handle_limiter(e, from, c);
         break;
+    case CMD_PURGE_GROUP:
+        on_purge_group(e, from, c);
+        break;
     default:
         engine_handle_worker(e, from, c);
         break;
@@ -916,7 +965,7 @@ engine_new(struct engine **out, const struct engine_config *cfg)
     return CORRAL_OK;
 }
 
-static void
+void
 node_free(struct node *n)
 {
     free(n->cancel_reason);
@@ -957,6 +1006,7 @@ engine_free(struct engine **p)
     free(e->map.vals);
     workers_free(e);
     limiters_free(e);
+    purge_free(e);
     strmap_fini(&e->idem);
     while (e->kinds) {
         struct kind *k = e->kinds;

@@ -23,6 +23,7 @@ struct engine_config {
     uint64_t max_payload;           /* soft limit on payload, result, value, details */
     uint64_t max_queued;            /* S11: queued jobs (QUEUED or WAITING) in all; 0: no bound */
     uint64_t max_queued_per_kind;   /* the same for one kind; 0: no bound */
+    uint64_t retention_ms;          /* ended root groups are purged this long after; 0: never */
 };
 
 /* Counters since start, read by the loop for logs and stats. */
@@ -37,7 +38,9 @@ struct engine_stats {
     uint64_t queued; /* gauges */
     uint64_t running;
     uint64_t workers;
-    uint64_t reclaimable; /* RUNNING at the last start, not yet reclaimed or re-queued */
+    uint64_t reclaimable;   /* RUNNING at the last start, not yet reclaimed or re-queued */
+    uint64_t groups_purged; /* root groups whose purge began (retention or PurgeGroup) */
+    uint64_t nodes_purged;  /* groups and jobs freed by purges */
 };
 
 /* Returns owned *out, or CORRAL_ENOMEM. cfg is copied. */
@@ -52,6 +55,9 @@ void engine_free(struct engine **p);
 int engine_restore_group(struct engine *e, const struct group_row *row);
 int engine_restore_job(struct engine *e, const struct job_row *row);
 int engine_restore_finish(struct engine *e, uint64_t now_ms, struct outbox *out);
+/* Recovery of a purge cut short (after engine_restore_finish): the root's tree is
+ * purged again from the start. */
+int engine_restore_purging(struct engine *e, uint64_t root_id);
 /* Recovery of a limiter (before any job that names it). */
 int engine_restore_limiter(struct engine *e, const struct limiter_row *row);
 

@@ -33,6 +33,7 @@ struct node {
     bool shield;    /* cancellation from above does not reach it (S7) */
     bool dirty;     /* changed since the last flush */
     bool persisted; /* a row exists in the store */
+    bool purging;   /* roots: the tree is being purged and is gone for requests */
 };
 
 /* A client waiting for a group to end (deferred WaitGroup reply), or subscribed to its
@@ -58,6 +59,9 @@ struct group {
     size_t capfailures;
     struct listener *waiters;
     struct listener *subs;
+    struct group *rprev; /* ended roots: the retained list, in the order they ended */
+    struct group *rnext;
+    bool retained;
 };
 
 struct kind;
@@ -189,6 +193,14 @@ struct engine {
     struct limiter **deleted_limiters; /* deleted this turn: freed at its end */
     size_t ndeleted_limiters;
     size_t capdeleted_limiters;
+    struct group *retain_head; /* ended roots, oldest end first (retention) */
+    struct group *retain_tail;
+    struct node **purge_stack; /* nodes of the trees being purged, children on top */
+    size_t npurge;
+    size_t cappurge;
+    struct node **retired_nodes; /* purged this turn: freed at its end */
+    size_t nretired_nodes;
+    size_t capretired_nodes;
     struct outbox *out; /* the outbox of the turn in progress */
     uint64_t now;       /* the time of the turn in progress */
 };
@@ -212,6 +224,11 @@ uint32_t depth_of(const struct node *n);
 struct node *engine_node(struct engine *e, uint64_t id);
 struct node *engine_lookup(struct engine *e, const char *idstr, enum node_type type);
 struct group *as_group(struct node *n);
+/* The root group of n's tree. */
+struct node *root_of(struct node *n);
+/* Takes n out of the id map (a purge); it is freed later with node_free. */
+void engine_forget(struct engine *e, struct node *n);
+void node_free(struct node *n);
 struct job *as_job(struct node *n);
 
 /* ---- transitions (engine.c): every state change goes through these, checked against
@@ -297,6 +314,19 @@ void job_limiters_done(struct engine *e, struct job *j);
 void limiters_flush(struct engine *e, struct outbox *out);
 void limiters_end_turn(struct engine *e);
 void limiters_free(struct engine *e);
+
+/* ---- retention (engine_purge.c) */
+/* Appends an ended root to the retained list (it ended last). */
+void retain_root(struct engine *e, struct group *g);
+/* Recovery: appends the ended roots, sorted here by when they ended. */
+void retain_restored(struct engine *e, struct group **roots, size_t n);
+/* Frees up to one batch of purged nodes; true when work is left for the next turn. */
+bool purge_step(struct engine *e);
+/* When purge_step next has work: now, the next root's expiry, or UINT64_MAX. */
+uint64_t purge_next(const struct engine *e);
+void on_purge_group(struct engine *e, const struct peer *from, const struct cmd *c);
+void purge_end_turn(struct engine *e);
+void purge_free(struct engine *e);
 
 /* ---- trees, events and rows (engine_tree.c) */
 struct tnode *tree_build(struct engine *e, struct node *n, bool deep);

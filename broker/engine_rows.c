@@ -284,9 +284,13 @@ engine_restore_finish(struct engine *e, uint64_t now_ms, struct outbox *out)
     int rc = CORRAL_OK;
     for (size_t i = 0; i < e->nlinks && rc == CORRAL_OK; i++)
         rc = link_restored(e, &e->links[i]);
+    struct group **ended_roots = NULL;
+    size_t nended = 0, capended = 0;
     for (size_t i = 0; i < e->nlinks && rc == CORRAL_OK; i++) {
         struct group *g = as_group(e->links[i].n);
         if (g) {
+            if (g->n.parent == NULL && g->n.state == ST_ENDED)
+                eappend((void ***)&ended_roots, &nended, &capended, g);
             g->depth = depth_of(g->n.parent);
             if (g->nfailures > 1)
                 qsort(g->failures, g->nfailures, sizeof(*g->failures), by_failed_seq);
@@ -306,6 +310,9 @@ engine_restore_finish(struct engine *e, uint64_t now_ms, struct outbox *out)
     free(e->links);
     e->links = NULL;
     e->nlinks = e->caplinks = 0;
+    if (rc == CORRAL_OK)
+        retain_restored(e, ended_roots, nended);
+    free(ended_roots);
     if (rc != CORRAL_OK)
         return rc;
     e->stats.reclaimable = e->norphans;

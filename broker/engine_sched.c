@@ -237,6 +237,7 @@ void
 engine_end_turn(struct engine *e)
 {
     limiters_end_turn(e);
+    purge_end_turn(e);
     while (e->retired) {
         struct worker *w = e->retired;
         e->retired = w->next;
@@ -588,6 +589,10 @@ engine_tick(struct engine *e, uint64_t now_ms, struct outbox *out)
     }
     if (e->dispatch_needed)
         dispatch_all(e);
+    purge_step(e);
+    uint64_t purge_at = purge_next(e);
+    if (purge_at < next)
+        next = purge_at;
     top = timer_peek(&e->timers);
     if (top && top->at_ms < next)
         next = top->at_ms;

@@ -505,7 +505,8 @@ send_one(struct loop *l, const struct out_msg *m)
 static int
 commit(struct loop *l)
 {
-    if (l->out.ngroups == 0 && l->out.njobs == 0 && l->out.nlimiters == 0)
+    if (l->out.ngroups == 0 && l->out.njobs == 0 && l->out.nlimiters == 0 &&
+        l->out.npurge_roots == 0 && l->out.ndeleted == 0)
         return 0;
     if (store_begin(l->store) != 0)
         goto fail;
@@ -518,10 +519,19 @@ commit(struct loop *l)
     for (size_t i = 0; i < l->out.njobs; i++)
         if (store_put_job(l->store, &l->out.jobs[i]) != 0)
             goto fail;
+    /* Purges last: a node written and purged in the same turn is written, then deleted. */
+    for (size_t i = 0; i < l->out.npurge_roots; i++)
+        if (store_mark_purge(l->store, l->out.purge_roots[i]) != 0)
+            goto fail;
+    for (size_t i = 0; i < l->out.ndeleted; i++) {
+        const struct deleted_row *d = &l->out.deleted[i];
+        if (store_delete_node(l->store, d->type == NODE_GROUP, d->id, d->root) != 0)
+            goto fail;
+    }
     if (store_commit(l->store) != 0)
         goto fail;
     l->stats.commits++;
-    l->stats.rows += l->out.ngroups + l->out.njobs;
+    l->stats.rows += l->out.ngroups + l->out.njobs + l->out.ndeleted;
     return 0;
 fail:
     log_event(LOG_ERROR, "store_failed", "error=\"%s\"", store_errmsg(l->store));

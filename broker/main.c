@@ -68,6 +68,12 @@ count_job(void *arg, const struct job_row *row)
     return engine_restore_job(r->eng, row);
 }
 
+static int
+resume_purge(void *arg, uint64_t root)
+{
+    return engine_restore_purging(arg, root);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -116,6 +122,7 @@ main(int argc, char **argv)
         .max_payload = cfg.max_payload,
         .max_queued = cfg.max_queued,
         .max_queued_per_kind = cfg.max_queued_per_kind,
+        .retention_ms = cfg.retention_ms,
     };
     if (engine_new(&eng, &ecfg) != 0)
         goto out;
@@ -129,6 +136,8 @@ main(int argc, char **argv)
         rc = store_load(store, count_group, count_job, &rec);
     if (rc == 0)
         rc = engine_restore_finish(eng, clock_wall_ms(), &ob);
+    if (rc == 0)
+        rc = store_load_purging(store, resume_purge, eng);
     outbox_fini(&ob);
     if (rc != 0) {
         log_event(LOG_ERROR, "recovery_failed", "error=\"%s\"",

@@ -50,6 +50,8 @@ outbox_reset(struct outbox *ob)
     ob->ngroups = 0;
     ob->njobs = 0;
     ob->nlimiters = 0;
+    ob->npurge_roots = 0;
+    ob->ndeleted = 0;
     arena_reset(&ob->arena);
 }
 
@@ -61,6 +63,8 @@ outbox_fini(struct outbox *ob)
     free(ob->groups);
     free(ob->jobs);
     free(ob->limiters);
+    free(ob->purge_roots);
+    free(ob->deleted);
     arena_fini(&ob->arena);
     outbox_init(ob);
 }
@@ -116,5 +120,29 @@ outbox_limiter_row(struct outbox *ob, const struct limiter_row *row)
         return false;
     ob->limiters = arr;
     ob->limiters[ob->nlimiters++] = *row;
+    return true;
+}
+
+/* Appends the id of a root whose purge begins; false when out of memory. */
+bool
+outbox_purge_root(struct outbox *ob, uint64_t root)
+{
+    void *arr = ob->purge_roots;
+    if (!grow(&arr, &ob->cappurge_roots, ob->npurge_roots, sizeof(uint64_t)))
+        return false;
+    ob->purge_roots = arr;
+    ob->purge_roots[ob->npurge_roots++] = root;
+    return true;
+}
+
+/* Appends a copy of *row; false when out of memory. */
+bool
+outbox_deleted_row(struct outbox *ob, const struct deleted_row *row)
+{
+    void *arr = ob->deleted;
+    if (!grow(&arr, &ob->capdeleted, ob->ndeleted, sizeof(struct deleted_row)))
+        return false;
+    ob->deleted = arr;
+    ob->deleted[ob->ndeleted++] = *row;
     return true;
 }

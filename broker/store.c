@@ -88,6 +88,11 @@ static const char *const MIGRATIONS[] = {
     "ALTER TABLE jobs ADD COLUMN limiters TEXT NOT NULL DEFAULT '';"
     "ALTER TABLE jobs ADD COLUMN holds_tokens INTEGER NOT NULL DEFAULT 0;"
     "ALTER TABLE jobs ADD COLUMN idem_key TEXT;",
+    /* 5: retention. A root group whose purge has begun (PurgeGroup, or --retention after
+     * it ended) has a row here until its own row is deleted, last of its tree: a purge
+     * spans several turns, and after a restart it resumes instead of the tree coming
+     * back. */
+    "CREATE TABLE purging (root INTEGER PRIMARY KEY);",
 };
 
 #define STORE_SCHEMA_LATEST ((int)(sizeof MIGRATIONS / sizeof MIGRATIONS[0]))
@@ -175,6 +180,11 @@ enum stmt_id {
     STMT_LIMITER_PUT,
     STMT_LIMITER_DELETE,
     STMT_LIMITER_LOAD,
+    STMT_PURGE_MARK,
+    STMT_PURGE_UNMARK,
+    STMT_PURGE_LOAD,
+    STMT_GROUP_DELETE,
+    STMT_JOB_DELETE,
     STMT_COUNT
 };
 
@@ -202,6 +212,11 @@ static const char *const STMT_SQL[STMT_COUNT] = {
                          "ON CONFLICT (name) DO UPDATE SET total_tokens = excluded.total_tokens",
     [STMT_LIMITER_DELETE] = "DELETE FROM limiters WHERE name = ?1",
     [STMT_LIMITER_LOAD] = "SELECT name, total_tokens FROM limiters ORDER BY name",
+    [STMT_PURGE_MARK] = "INSERT OR IGNORE INTO purging (root) VALUES (?1)",
+    [STMT_PURGE_UNMARK] = "DELETE FROM purging WHERE root = ?1",
+    [STMT_PURGE_LOAD] = "SELECT root FROM purging ORDER BY root",
+    [STMT_GROUP_DELETE] = "DELETE FROM groups WHERE id = ?1",
+    [STMT_JOB_DELETE] = "DELETE FROM jobs WHERE id = ?1",
 };
 
 struct store {
@@ -883,6 +898,55 @@ store_load_limiters(struct store *s, int (*on_limiter)(void *arg, const struct l
     if (ret == 0 && rc != SQLITE_DONE) {
         set_err(s, "store: load limiters: %s",
                 rc == SQLITE_NOMEM ? sqlite3_errstr(rc) : sqlite3_errmsg(s->db));
+        ret = -1;
+    }
+    sqlite3_reset(st);
+    return ret;
+}
+
+/* Binds one id to a statement and runs it; see store.h. */
+static int
+run_id(struct store *s, enum stmt_id id, uint64_t v, const char *what)
+{
+    sqlite3_stmt *st = s->stmt[id];
+    int rc = SQLITE_OK;
+    bind_u64(st, 0, v, &rc);
+    if (rc != SQLITE_OK) {
+        set_err(s, "store: %s %" PRIu64 ": bind: %s", what, v, sqlite3_errstr(rc));
+        sqlite3_clear_bindings(st);
+        return -1;
+    }
+    return finish(s, st, what, v, false);
+}
+
+int
+store_mark_purge(struct store *s, uint64_t root)
+{
+    return run_id(s, STMT_PURGE_MARK, root, "mark purge");
+}
+
+int
+store_delete_node(struct store *s, bool is_group, uint64_t id, bool root)
+{
+    if (run_id(s, is_group ? STMT_GROUP_DELETE : STMT_JOB_DELETE, id,
+               is_group ? "delete group" : "delete job") != 0)
+        return -1;
+    return root ? run_id(s, STMT_PURGE_UNMARK, id, "unmark purge") : 0;
+}
+
+int
+store_load_purging(struct store *s, int (*on_root)(void *arg, uint64_t root), void *arg)
+{
+    sqlite3_stmt *st = s->stmt[STMT_PURGE_LOAD];
+    int ret = 0;
+    int rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        ret = on_root(arg, col_u64(st, 0));
+        if (ret != 0)
+            break;
+    }
+    if (ret == 0 && rc != SQLITE_DONE) {
+        set_err(s, "store: load purging: %s", sqlite3_errmsg(s->db));
         ret = -1;
     }
     sqlite3_reset(st);

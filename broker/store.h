@@ -58,6 +58,15 @@ int store_put_limiter(struct store *s, const struct limiter_row *row);
 int store_load_limiters(struct store *s,
                         int (*on_limiter)(void *arg, const struct limiter_row *row), void *arg);
 
+/* Purges (retention). Inside a transaction, like the puts. store_mark_purge records that
+ * the purge of a root group has begun; store_delete_node deletes one group or job row
+ * and, for the root (deleted last), its mark. */
+int store_mark_purge(struct store *s, uint64_t root);
+int store_delete_node(struct store *s, bool is_group, uint64_t id, bool root);
+/* Reads the roots whose purge had begun, in id order (call after store_load), with the
+ * callback conventions of store_load. */
+int store_load_purging(struct store *s, int (*on_root)(void *arg, uint64_t root), void *arg);
+
 /* The last SQLite error message (borrowed, never NULL). */
 const char *store_errmsg(const struct store *s);
 

@@ -188,6 +188,14 @@ decode_client(const Corral__V1__Envelope *env, struct cmd *c, const char **errms
         c->type = CMD_GET_LIMITERS;
         c->id = str_or_empty(env->get_limiters->name);
         return 0;
+    case CORRAL__V1__ENVELOPE__BODY_PURGE_GROUP:
+        c->type = CMD_PURGE_GROUP;
+        if (str_empty(env->purge_group->group)) {
+            *errmsg = "purge_group: missing required field group";
+            return CORRAL_EBADREQUEST;
+        }
+        c->id = env->purge_group->group;
+        return 0;
     case CORRAL__V1__ENVELOPE__BODY_CLOSE_GROUP:
         c->type = CMD_CLOSE_GROUP;
         if (str_empty(env->close_group->group)) {
@@ -455,6 +463,7 @@ classify(const Corral__V1__Envelope *env)
     case CORRAL__V1__ENVELOPE__BODY_SET_LIMITER:
     case CORRAL__V1__ENVELOPE__BODY_DELETE_LIMITER:
     case CORRAL__V1__ENVELOPE__BODY_GET_LIMITERS:
+    case CORRAL__V1__ENVELOPE__BODY_PURGE_GROUP:
         return BODY_CLIENT;
     case CORRAL__V1__ENVELOPE__BODY_READY:
     case CORRAL__V1__ENVELOPE__BODY_HEARTBEAT:
@@ -843,6 +852,7 @@ wire_encode(struct wire_encoder *w, const struct out_msg *m, const uint8_t **out
         reply.heartbeat_timeout_ms = m->hb_timeout_ms;
         reply.value = pbbytes(m->value);
         reply.duplicate = m->duplicate;
+        reply.purged_nodes = m->purged_nodes;
         if (m->nlimiters > 0 && !build_limiters(a, m->limiters, m->nlimiters, &reply)) {
             rc = CORRAL_ENOMEM;
             goto out;

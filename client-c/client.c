@@ -947,6 +947,27 @@ corral_limiter_delete(struct corral_client *c, const char *name)
     return call(c, &env, c->timeout_ms, NULL);
 }
 
+/* Borrows group; see corral.h. */
+int
+corral_group_purge(struct corral_client *c, const char *group, uint64_t *purged_nodes)
+{
+    Corral__V1__Envelope env = CORRAL__V1__ENVELOPE__INIT;
+    Corral__V1__PurgeGroup body = CORRAL__V1__PURGE_GROUP__INIT;
+    const Corral__V1__Envelope *rep = NULL;
+
+    if (c == NULL)
+        return CORRAL_EINVAL;
+    if (!client_nonempty(group))
+        return client_fail_local(c, CORRAL_EINVAL);
+    body.group = (char *)group;
+    env.body_case = CORRAL__V1__ENVELOPE__BODY_PURGE_GROUP;
+    env.purge_group = &body;
+    int rc = call(c, &env, c->timeout_ms, &rep);
+    if (rc == CORRAL_OK && purged_nodes != NULL)
+        *purged_nodes = rep->reply->purged_nodes;
+    return rc;
+}
+
 /* Borrows name (NULL or "": every limiter); returns owned *out and *n. A reply to a named
  * request must hold exactly that limiter. */
 int

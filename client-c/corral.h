@@ -339,6 +339,16 @@ CORRAL_API int corral_group_tree(struct corral_client *c, const char *group,
 CORRAL_API int corral_group_wait(struct corral_client *c, const char *group, int timeout_ms,
                                  struct corral_node **out);
 
+/* Purges the ended root group `group` (borrowed) now: its whole tree (jobs, nested
+ * groups, the groups its jobs opened) is deleted from the broker's memory and database,
+ * as --retention does once it has passed since the group ended. Afterwards every request
+ * naming a node of the tree gets CORRAL_ENOTFOUND, also after a restart. *purged_nodes
+ * (may be NULL) receives how many groups and jobs the tree held. CORRAL_EWRONGSTATE when
+ * the group is not a root or has not ended, CORRAL_ENOTFOUND when it is unknown (or
+ * already purged). Blocks up to the client's timeout. */
+CORRAL_API int corral_group_purge(struct corral_client *c, const char *group,
+                                  uint64_t *purged_nodes);
+
 /* ---- limiters (S10, D7) ---- */
 
 /* A limiter as the broker reports it. Strings are NUL-terminated. */

@@ -24,6 +24,8 @@ duration_parse_ms(const char *text, uint64_t *out_ms)
         scale = 60000.0;
     else if (strcmp(end, "h") == 0)
         scale = 3600000.0;
+    else if (strcmp(end, "d") == 0)
+        scale = 86400000.0;
     else
         return -1;
     double ms = v * scale + 0.5;

@@ -75,6 +75,8 @@ static const char USAGE[] =
     "                                     print its tree; exit 0 SUCCEEDED, 1 FAILED,\n"
     "                                     2 CANCELLED, 3 timeout\n"
     "  group show GROUP                   print the group's tree now\n"
+    "  group purge GROUP                  delete an ended root group and its whole tree\n"
+    "                                     now (--retention does it after a while)\n"
     "  limiter set NAME TOKENS            create limiter NAME with TOKENS tokens, or\n"
     "                                     change its total (0 pauses it)\n"
     "  limiter show [NAME]                print a limiter (default: all of them): its\n"
@@ -124,7 +126,7 @@ static const char USAGE_OPTIONS[] =
     "  --timeout DURATION      how long to wait for the broker's answer (default 5s)\n"
     "  -h, --help              show this help\n"
     "\n"
-    "Durations: a number with an optional unit ms, s, m or h; a bare number is seconds.\n"
+    "Durations: a number with an optional unit ms, s, m, h or d; a bare number is seconds.\n"
     "Exit status: 0 ok, 64 usage error, 65 the broker refused the request, 69 the broker\n"
     "did not answer within --timeout, 75 the broker is busy (too many queued jobs; try\n"
     "again later).\n";
@@ -245,6 +247,7 @@ args_command(const struct args *a, size_t *nwords)
         {"group", "cancel", CMD_GROUP_CANCEL},
         {"group", "wait", CMD_GROUP_WAIT},
         {"group", "show", CMD_GROUP_SHOW},
+        {"group", "purge", CMD_GROUP_PURGE},
         {"job", "cancel", CMD_JOB_CANCEL},
         {"limiter", "set", CMD_LIMITER_SET},
         {"limiter", "show", CMD_LIMITER_SHOW},

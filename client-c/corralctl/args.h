@@ -19,6 +19,7 @@ enum command {
     CMD_GROUP_CANCEL,
     CMD_GROUP_WAIT,
     CMD_GROUP_SHOW,
+    CMD_GROUP_PURGE,
     CMD_SUBMIT,
     CMD_START,
     CMD_JOB_CANCEL,

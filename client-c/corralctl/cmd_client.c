@@ -147,6 +147,26 @@ print_ok(const struct ctx *x)
     return finish_output();
 }
 
+/* Prints what group purge deleted. Returns an exit status. */
+static int
+print_purged(const struct ctx *x, const char *group, uint64_t nodes)
+{
+    if (x->json) {
+        struct json_writer w;
+        json_init(&w, stdout);
+        json_begin_object(&w);
+        json_key(&w, "group");
+        json_string(&w, group);
+        json_key(&w, "purged_nodes");
+        json_int(&w, (int64_t)nodes);
+        json_end_object(&w);
+        json_finish(&w);
+    } else {
+        printf("purged %s (%" PRIu64 " %s)\n", group, nodes, nodes == 1 ? "node" : "nodes");
+    }
+    return finish_output();
+}
+
 /* Prints a tree in the selected form. Returns an exit status. */
 static int
 print_tree(const struct ctx *x, const struct corral_node *tree)
@@ -460,6 +480,12 @@ run_client(const struct ctx *x, enum command cmd, const struct args *a, const ch
         err = corral_group_tree(c, argsv[0], &tree);
         rc = err != CORRAL_OK ? fail(x, c, err) : print_tree(x, tree);
         break;
+    case CMD_GROUP_PURGE: {
+        uint64_t purged = 0;
+        err = corral_group_purge(c, argsv[0], &purged);
+        rc = err != CORRAL_OK ? fail(x, c, err) : print_purged(x, argsv[0], purged);
+        break;
+    }
     case CMD_GROUP_WAIT:
         rc = cmd_group_wait(x, c, argsv[0], wait_ms,
                             a->given[OPT_TIMEOUT] ? a->val[OPT_TIMEOUT] : "forever");

@@ -121,7 +121,7 @@ run(struct args *a)
         break;
     default:
         want = 1;
-        shape = "group <open|close|cancel|wait|show> GROUP";
+        shape = "group <open|close|cancel|wait|show|purge> GROUP";
         break;
     }
     size_t nargs = a->npos - nwords;

@@ -76,7 +76,9 @@ Test(config, durations_one_grammar)
     cr_assert_eq(ms, 30000);
     cr_assert_neq(duration_parse_ms("", &ms), 0);
     cr_assert_neq(duration_parse_ms("-1s", &ms), 0);
-    cr_assert_neq(duration_parse_ms("5d", &ms), 0);
+    cr_assert_eq(duration_parse_ms("7d", &ms), 0);
+    cr_assert_eq(ms, 7ull * 86400000);
+    cr_assert_neq(duration_parse_ms("5w", &ms), 0);
     cr_assert_neq(duration_parse_ms("s", &ms), 0);
 }
 

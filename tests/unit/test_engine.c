@@ -1000,3 +1000,113 @@ Test(engine, d6_unacknowledged_cancel_ends_cancelled_and_loses_the_worker)
     cr_assert_eq(report(&W1, CMD_DONE, other, 1, "late"), CORRAL_EUNKNOWNWORKER,
                  "its worker was declared lost");
 }
+
+/* ------------------------------------------------------------------ retention */
+
+static int
+purge(const char *group, uint64_t *nodes)
+{
+    struct out_msg *r = req(&CLIENT, (struct cmd){.type = CMD_PURGE_GROUP, .id = group});
+    cr_assert(r);
+    if (nodes)
+        *nodes = r->purged_nodes;
+    return r->code;
+}
+
+static int
+tree_code(const char *id)
+{
+    struct out_msg *r = req(&CLIENT, (struct cmd){.type = CMD_GET_TREE, .id = id});
+    cr_assert(r);
+    return r->code;
+}
+
+/* Many purges punch holes all over the id map: every node not purged must still be
+ * found (backward-shift deletion keeps probe chains whole), every purged one not. */
+Test(engine, purge_keeps_every_other_node_reachable)
+{
+    enum { N = 3000 };
+    static char gid[N][MODEL_ID_MAX];
+    for (int i = 0; i < N; i++) {
+        snprintf(gid[i], MODEL_ID_MAX, "%s", open_group(NULL));
+        cr_assert_eq(simple(CMD_CLOSE_GROUP, gid[i], NULL), 0);
+    }
+    for (int i = 0; i < N; i += 2) {
+        uint64_t nodes = 0;
+        cr_assert_eq(purge(gid[i], &nodes), CORRAL_OK);
+        cr_assert_eq(nodes, 1);
+    }
+    new_turn();
+    for (int i = 0; i < N; i++)
+        cr_assert_eq(tree_code(gid[i]), i % 2 ? CORRAL_OK : CORRAL_ENOTFOUND, "%s", gid[i]);
+    /* New nodes after the holes are found too. */
+    const char *g = open_group(NULL);
+    cr_assert_eq(tree_code(g), CORRAL_OK);
+}
+
+Test(engine, purge_takes_the_whole_tree_children_before_parents)
+{
+    ready(&W1, "k", 4);
+    const char *g = open_group(NULL);
+    const char *sub = open_group(g);
+    const char *j1 = submit(g, "k");
+    const char *j2 = submit(sub, "k");
+    cr_assert_eq(report(&W1, CMD_DONE, j1, 1, "a"), 0);
+    cr_assert_eq(report(&W1, CMD_DONE, j2, 1, "b"), 0);
+    cr_assert_eq(purge(g, NULL), CORRAL_EWRONGSTATE, "an open root cannot be purged");
+    cr_assert_eq(simple(CMD_CLOSE_GROUP, sub, NULL), 0);
+    cr_assert_eq(simple(CMD_CLOSE_GROUP, g, NULL), 0);
+    cr_assert_eq(purge(sub, NULL), CORRAL_EWRONGSTATE, "a nested group cannot be purged");
+    uint64_t nodes = 0;
+    struct out_msg *r = req(&CLIENT, (struct cmd){.type = CMD_PURGE_GROUP, .id = g});
+    cr_assert(r && r->code == CORRAL_OK);
+    nodes = r->purged_nodes;
+    cr_assert_eq(nodes, 4);
+    /* The same turn deleted the rows, the root last. */
+    cr_assert_eq(OB.ndeleted, 4);
+    cr_assert(OB.deleted[3].root && OB.deleted[3].id == strtoull(g + 1, NULL, 10));
+    for (size_t i = 0; i < 3; i++)
+        cr_assert(!OB.deleted[i].root);
+    cr_assert_eq(OB.npurge_roots, 1);
+    cr_assert_eq(tree_code(sub), CORRAL_ENOTFOUND);
+    cr_assert_eq(simple(CMD_CANCEL_JOB, j2, NULL), CORRAL_ENOTFOUND);
+    cr_assert_eq(purge(g, NULL), CORRAL_ENOTFOUND, "a purged group is gone");
+    cr_assert_eq(engine_stats(E)->nodes_purged, 4);
+}
+
+static void
+tick_turn(void)
+{
+    new_turn();
+    engine_tick(E, NOW, &OB);
+}
+
+Test(engine, retention_purges_ended_roots_once_the_period_has_passed)
+{
+    engine_free(&E);
+    struct engine_config cfg = {.heartbeat_interval_ms = 100,
+                                .heartbeat_timeout_ms = 1000,
+                                .cancel_resend_ms = 500,
+                                .cancel_grace_ms = 3000,
+                                .max_payload = 1024,
+                                .retention_ms = 60000};
+    cr_assert_eq(engine_new(&E, &cfg), 0);
+    const char *a = open_group(NULL);
+    const char *b = open_group(NULL);
+    cr_assert_eq(simple(CMD_CLOSE_GROUP, a, NULL), 0);
+    NOW += 30000;
+    cr_assert_eq(simple(CMD_CLOSE_GROUP, b, NULL), 0);
+    const char *open = open_group(NULL);
+    new_turn();
+    cr_assert_eq(engine_tick(E, NOW, &OB), NOW + 30000, "the next expiry is a's");
+    NOW += 30000;
+    tick_turn(); /* the loop's turn at the time engine_tick asked for */
+    cr_assert_eq(tree_code(a), CORRAL_ENOTFOUND, "a ended 60 s ago");
+    cr_assert_eq(tree_code(b), CORRAL_OK, "b ended 30 s ago");
+    NOW += 30000;
+    tick_turn();
+    cr_assert_eq(tree_code(b), CORRAL_ENOTFOUND);
+    NOW += 3600000;
+    tick_turn();
+    cr_assert_eq(tree_code(open), CORRAL_OK, "a root that has not ended stays");
+}
