@@ -151,6 +151,14 @@ struct limiter_info {
     size_t nborrowers;
 };
 
+/* A log line the engine asks for (it does no I/O itself): the loop writes it after the
+ * turn commits. event is static; kv, logfmt pairs, lives in the outbox arena. */
+struct out_note {
+    int level; /* enum log_level */
+    const char *event;
+    const char *kv;
+};
+
 /* A node whose row is deleted (a purge); a root's deletion also clears its marker. */
 struct deleted_row {
     enum node_type type;
@@ -221,6 +229,9 @@ struct outbox {
     struct deleted_row *deleted;
     size_t ndeleted;
     size_t capdeleted;
+    struct out_note *notes;
+    size_t nnotes;
+    size_t capnotes;
 };
 
 void outbox_init(struct outbox *ob);
@@ -236,6 +247,8 @@ bool outbox_job_row(struct outbox *ob, const struct job_row *row);
 bool outbox_limiter_row(struct outbox *ob, const struct limiter_row *row);
 /* Records the start of the purge of root group `root` (its marker row). */
 bool outbox_purge_root(struct outbox *ob, uint64_t root);
+/* Appends a log line (copied; kv into the arena); false when out of memory. */
+bool outbox_note(struct outbox *ob, int level, const char *event, const char *kv);
 /* Records the deletion of a node's row. */
 bool outbox_deleted_row(struct outbox *ob, const struct deleted_row *row);
 

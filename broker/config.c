@@ -8,7 +8,8 @@
 #include <string.h>
 
 enum opt_type {
-    OPT_TEXT,
+    OPT_ENDPOINT,
+    OPT_PATH,
     OPT_DURATION,
     OPT_PERIOD,
     OPT_SIZE,
@@ -24,18 +25,18 @@ struct option_def {
     const char *def;
     enum opt_type type;
     size_t offset; /* into struct config */
-    size_t size;   /* OPT_TEXT: the buffer's size */
+    size_t size;   /* OPT_ENDPOINT, OPT_PATH: the buffer's size */
     const char *help;
 };
 
 #define FIELD(f) offsetof(struct config, f), sizeof(((struct config *)0)->f)
 
 static const struct option_def options[] = {
-    {"client-endpoint", "CORRAL_CLIENT_ENDPOINT", "tcp://127.0.0.1:7700", OPT_TEXT,
+    {"client-endpoint", "CORRAL_CLIENT_ENDPOINT", "tcp://127.0.0.1:7700", OPT_ENDPOINT,
      FIELD(client_endpoint), "ZeroMQ endpoint clients connect to (ROUTER)"},
-    {"worker-endpoint", "CORRAL_WORKER_ENDPOINT", "tcp://127.0.0.1:7701", OPT_TEXT,
+    {"worker-endpoint", "CORRAL_WORKER_ENDPOINT", "tcp://127.0.0.1:7701", OPT_ENDPOINT,
      FIELD(worker_endpoint), "ZeroMQ endpoint workers connect to (ROUTER)"},
-    {"data-dir", "CORRAL_DATA_DIR", "./corral-data", OPT_TEXT, FIELD(data_dir),
+    {"data-dir", "CORRAL_DATA_DIR", "./corral-data", OPT_PATH, FIELD(data_dir),
      "directory of the SQLite database (created if missing)"},
     {"sync", "CORRAL_SYNC", "full", OPT_SYNC, FIELD(sync),
      "SQLite durability: full (fsync every commit) or normal (WAL, survives a crash of "
@@ -100,6 +101,33 @@ config_parse_size(const char *text, uint64_t *out)
     return 0;
 }
 
+/* Why a ZeroMQ endpoint corrald would bind cannot be one, or NULL: tcp://HOST:PORT (a
+ * port number, or * for any), ipc://PATH or inproc://NAME. */
+static const char *
+endpoint_problem(const char *ep)
+{
+    const char *rest;
+    if (strncmp(ep, "ipc://", 6) == 0 || strncmp(ep, "inproc://", 9) == 0) {
+        rest = strstr(ep, "://") + 3;
+        return *rest ? NULL : "names no path";
+    }
+    if (strncmp(ep, "tcp://", 6) != 0)
+        return "is not an endpoint (tcp://HOST:PORT, ipc://PATH or inproc://NAME)";
+    rest = ep + 6;
+    const char *colon = strrchr(rest, ':');
+    if (colon == NULL || colon == rest)
+        return "needs a host and a port (tcp://HOST:PORT)";
+    const char *port = colon + 1;
+    if (strcmp(port, "*") == 0)
+        return NULL;
+    char *end = NULL;
+    errno = 0;
+    unsigned long p = strtoul(port, &end, 10);
+    if (*port < '0' || *port > '9' || *end != '\0' || errno != 0 || p == 0 || p > 65535)
+        return "has no valid port (1 to 65535, or *)";
+    return NULL;
+}
+
 /* Applies one value; returns 0, or -1 with the reason in err. */
 static int
 apply(struct config *cfg, const struct option_def *o, const char *value, const char *origin,
@@ -108,11 +136,14 @@ apply(struct config *cfg, const struct option_def *o, const char *value, const c
     char *field = (char *)cfg + o->offset;
     const char *why = NULL;
     switch (o->type) {
-    case OPT_TEXT:
+    case OPT_ENDPOINT:
+    case OPT_PATH:
         if (*value == '\0')
             why = "must not be empty";
         else if (strlen(value) >= o->size)
             why = "is too long";
+        else if (o->type == OPT_ENDPOINT && (why = endpoint_problem(value)) != NULL)
+            break;
         else
             strcpy(field, value);
         break;
@@ -254,6 +285,106 @@ config_parse(struct config *cfg, int argc, char **argv, char *err, size_t errlen
     return CONFIG_OK;
 }
 
+/* What a value of each type looks like, for --help. */
+static const char *
+metavar(enum opt_type t)
+{
+    switch (t) {
+    case OPT_ENDPOINT:
+        return "ENDPOINT";
+    case OPT_PATH:
+        return "PATH";
+    case OPT_DURATION:
+    case OPT_PERIOD:
+        return "DURATION";
+    case OPT_SIZE:
+        return "SIZE";
+    case OPT_COUNT:
+        return "COUNT";
+    case OPT_SYNC:
+        return "full|normal";
+    case OPT_LOG_LEVEL:
+        return "LEVEL";
+    case OPT_LOG_FORMAT:
+        return "logfmt|json";
+    }
+    return "VALUE";
+}
+
+bool
+config_option(size_t i, struct config_option_info *out)
+{
+    if (i >= NOPTIONS)
+        return false;
+    out->flag = options[i].flag;
+    out->env = options[i].env;
+    out->def = options[i].def;
+    out->metavar = metavar(options[i].type);
+    return true;
+}
+
+/* Appends " flag=value" for option o of cfg to b (len bytes, used *n). */
+static void
+format_one(const struct config *cfg, const struct option_def *o, char *b, size_t len, size_t *n)
+{
+    const char *field = (const char *)cfg + o->offset;
+    uint64_t v = 0;
+    if (o->type == OPT_DURATION || o->type == OPT_PERIOD || o->type == OPT_SIZE ||
+        o->type == OPT_COUNT)
+        memcpy(&v, field, sizeof v);
+    char text[64];
+    const char *value = text;
+    switch (o->type) {
+    case OPT_ENDPOINT:
+    case OPT_PATH:
+        value = field;
+        break;
+    case OPT_DURATION:
+    case OPT_PERIOD:
+        snprintf(text, sizeof text, "%llums", (unsigned long long)v);
+        break;
+    case OPT_SIZE:
+    case OPT_COUNT:
+        snprintf(text, sizeof text, "%llu", (unsigned long long)v);
+        break;
+    case OPT_SYNC:
+        value = cfg->sync == STORE_SYNC_FULL ? "full" : "normal";
+        break;
+    case OPT_LOG_LEVEL: {
+        static const char *const names[] = {"debug", "info", "warn", "error"};
+        value = names[cfg->log_level];
+        break;
+    }
+    case OPT_LOG_FORMAT:
+        value = cfg->log_format == LOG_FORMAT_JSON ? "json" : "logfmt";
+        break;
+    }
+    /* Quoted, with '"' and '\\' escaped, when the value needs it (logfmt). */
+    bool quote = strpbrk(value, " \"\\=") != NULL || *value == '\0';
+    int w = snprintf(b + *n, len - *n, "%s%s=%s", *n ? " " : "", o->flag, quote ? "\"" : "");
+    if (w > 0 && (size_t)w < len - *n)
+        *n += (size_t)w;
+    for (const char *p = value; *p && *n + 3 < len; p++) {
+        if (quote && (*p == '"' || *p == '\\'))
+            b[(*n)++] = '\\';
+        b[(*n)++] = *p;
+    }
+    if (quote && *n + 1 < len)
+        b[(*n)++] = '"';
+    b[*n < len ? *n : len - 1] = '\0';
+}
+
+void
+config_format(const struct config *cfg, char *buf, size_t len)
+{
+    size_t n = 0;
+    if (len == 0)
+        return;
+    buf[0] = '\0';
+    for (size_t i = 0; i < NOPTIONS; i++)
+        format_one(cfg, &options[i], buf, len, &n);
+}
+
 void
 config_usage(FILE *f)
 {
@@ -263,9 +394,12 @@ config_usage(FILE *f)
           "Durations: a number with an optional unit ms, s, m, h or d (bare: seconds).\n"
           "Sizes: bytes with an optional K, M or G suffix.\n\n",
           f);
-    for (size_t i = 0; i < NOPTIONS; i++)
-        fprintf(f, "  --%-20s %-27s default %s\n      %s\n", options[i].flag, options[i].env,
-                options[i].def, options[i].help);
+    for (size_t i = 0; i < NOPTIONS; i++) {
+        char left[64];
+        snprintf(left, sizeof left, "--%s %s", options[i].flag, metavar(options[i].type));
+        fprintf(f, "  %-33s %-27s default %s\n      %s\n", left, options[i].env, options[i].def,
+                options[i].help);
+    }
     fputs("  --help                 print this text\n"
           "  --version              print the version\n",
           f);

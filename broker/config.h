@@ -6,6 +6,7 @@
 #include "log.h"
 #include "store.h"
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -36,6 +37,20 @@ enum config_result { CONFIG_OK = 0, CONFIG_HELP = 1, CONFIG_VERSION = 2, CONFIG_
  * into err. argv is borrowed. */
 enum config_result config_parse(struct config *cfg, int argc, char **argv, char *err,
                                 size_t errlen);
+/* One option of the table: its flag (without "--"), variable, default and what its
+ * values look like (ENDPOINT, PATH, DURATION, SIZE, COUNT, ...). All static. */
+struct config_option_info {
+    const char *flag;
+    const char *env;
+    const char *def;
+    const char *metavar;
+};
+/* Fills *out with option i; false when there is no option i. */
+bool config_option(size_t i, struct config_option_info *out);
+/* Writes every effective setting as logfmt pairs "flag=value ..." into buf (len bytes,
+ * truncated if too small): the start-up log's record of what corrald runs with. */
+void config_format(const struct config *cfg, char *buf, size_t len);
+
 /* Prints the usage text listing every flag, its variable and its default. */
 void config_usage(FILE *f);
 /* Parses a size: bytes with an optional K, M or G suffix (powers of 1024). 0 or -1. */

@@ -221,6 +221,41 @@ node_init(struct engine *e, struct node *n, enum node_type type, uint64_t id)
         e->next_id = id + 1;
 }
 
+/* ------------------------------------------------------------------ log lines */
+
+void
+engine_note(struct engine *e, enum log_level level, const char *event, const char *fmt, ...)
+{
+    char kv[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(kv, sizeof kv, fmt, ap);
+    va_end(ap);
+    if (!outbox_note(e->out, (int)level, event, kv))
+        engine_oom();
+}
+
+const char *
+kv_quote(struct engine *e, const char *s)
+{
+    size_t n = 3;
+    for (const char *p = s; *p; p++)
+        n += (*p == '"' || *p == '\\') ? 2 : 1;
+    char *q = arena_alloc(&e->out->arena, n);
+    if (q == NULL)
+        engine_oom();
+    char *w = q;
+    *w++ = '"';
+    for (const char *p = s; *p; p++) {
+        if (*p == '"' || *p == '\\')
+            *w++ = '\\';
+        *w++ = *p;
+    }
+    *w++ = '"';
+    *w = '\0';
+    return q;
+}
+
 /* ------------------------------------------------------------------ transitions */
 
 /* The legal moves: legal[type][from] is a bit set of the states it may move to. */
@@ -580,6 +615,16 @@ group_end(struct engine *e, struct group *g)
     g->n.outcome = o;
     g->n.ended_ms = e->now;
     e->stats.groups_ended[o]++;
+    if (o == OUT_FAILED) {
+        /* A failed root at info; the groups failing inside it at debug. */
+        const struct node *first = g->nfailures ? g->failures[0] : NULL;
+        const struct job *fj = first && first->type == NODE_JOB ? (const struct job *)first : NULL;
+        engine_note(e, g->n.parent ? LOG_DEBUG : LOG_INFO, "group_failed",
+                    "group=%s errors=%zu first=%s type=%s", g->n.idstr, g->nfailures,
+                    first ? first->idstr : "none",
+                    kv_quote(e, fj && fj->err_type ? fj->err_type
+                                                   : (first ? EXCEPTION_GROUP : TIMEOUT_ERROR)));
+    }
     /* An owner still in its block was cancelled too (S1: its body counts as cancelled). */
     if (g->n.cancel_called && !g->closed)
         mark_caught(e, &g->n, true);

@@ -5,6 +5,7 @@
 #define CORRAL_ENGINE_INT_H
 
 #include "engine.h"
+#include "log.h"
 #include "strmap.h"
 #include "timer.h"
 
@@ -332,6 +333,13 @@ void purge_free(struct engine *e);
 struct tnode *tree_build(struct engine *e, struct node *n, bool deep);
 void emit_event(struct engine *e, struct node *n, enum event_type type);
 void listeners_free(struct listener **l);
+
+/* ---- log lines (engine.c): effects like the rest, written by the loop after the
+ * commit. No line per job at the default level (info). */
+void engine_note(struct engine *e, enum log_level level, const char *event, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+/* s as a quoted logfmt value (in the outbox arena). */
+const char *kv_quote(struct engine *e, const char *s);
 
 /* ---- replies (engine.c) */
 struct out_msg *reply(struct engine *e, const struct peer *to, uint64_t request_id,

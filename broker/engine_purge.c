@@ -9,6 +9,7 @@
  * the root's purge marker), and a purge cut short by a crash resumes at start. */
 #include "engine_int.h"
 
+#include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -141,6 +142,9 @@ purge_step(struct engine *e)
             continue;
         }
         e->npurge--;
+        if (n->parent == NULL)
+            engine_note(e, LOG_DEBUG, "purged", "group=%s nodes_purged=%" PRIu64, n->idstr,
+                        e->stats.nodes_purged + 1);
         retire_node(e, n);
         budget--;
     }

@@ -201,6 +201,9 @@ worker_lose(struct engine *e, struct worker *w, const char *why)
 {
     char msg[160];
     snprintf(msg, sizeof(msg), "worker %s was lost: %s", w->name ? w->name : "?", why);
+    engine_note(e, LOG_WARN, "worker_lost", "name=%s jobs=%zu reason=%s workers=%" PRIu64,
+                kv_quote(e, w->name ? w->name : ""), w->njobs, kv_quote(e, why),
+                e->stats.workers - 1);
     while (w->njobs > 0)
         orphan_lost(e, w->jobs[w->njobs - 1], msg);
     struct worker **pp = &e->workers;
@@ -245,6 +248,25 @@ engine_end_turn(struct engine *e)
     }
 }
 
+/* Logs a registration: a new worker at info, a repeated Ready at debug. */
+static void
+note_ready(struct engine *e, const struct worker *w, bool joined, size_t reclaimed)
+{
+    char kinds[512];
+    size_t n = 0;
+    kinds[0] = '\0';
+    for (size_t i = 0; i < w->nkinds && n + 2 < sizeof kinds; i++) {
+        int k = snprintf(kinds + n, sizeof kinds - n, "%s%s", i ? "," : "", w->kinds[i]->name);
+        if (k < 0 || (size_t)k >= sizeof kinds - n)
+            break;
+        n += (size_t)k;
+    }
+    engine_note(e, joined ? LOG_INFO : LOG_DEBUG, joined ? "worker_joined" : "worker_ready",
+                "name=%s kinds=%s concurrency=%" PRIu32 " reclaimed=%zu workers=%" PRIu64,
+                kv_quote(e, w->name ? w->name : ""), kv_quote(e, kinds), w->concurrency, reclaimed,
+                e->stats.workers);
+}
+
 /* Ready: register (or re-register) and reclaim the running jobs the worker announces.
  * A job is given back when it is still RUNNING or CANCELLING with that attempt and it
  * is orphaned, already this worker's, or held by a registration of the same worker name
@@ -253,6 +275,7 @@ static void
 on_ready(struct engine *e, const struct peer *from, const struct cmd *c)
 {
     struct worker *w = worker_find(e, from);
+    bool joined = w == NULL;
     if (w == NULL) {
         w = ecalloc(1, sizeof(*w));
         w->peer = *from;
@@ -301,6 +324,7 @@ on_ready(struct engine *e, const struct peer *from, const struct cmd *c)
     m->reclaimed = back;
     m->nreclaimed = nback;
     e->dispatch_needed = true;
+    note_ready(e, w, joined, nback);
 }
 
 /* Finds the job a worker report names and checks the attempt rule (S13): the report

@@ -23,6 +23,9 @@
 #define BACKLOG_RETRY_MS 10
 /* Peers blocked in one pass over the backlog that are tracked (more: the pass stops). */
 #define BACKLOG_BLOCKED_MAX 64
+/* How long the last replies and the Shutdown messages to workers may take to leave
+ * when corrald stops. */
+#define SHUTDOWN_LINGER_MS 500
 /* The loop wakes at least this often even with no timer due. */
 #define MAX_SLEEP_MS 1000
 
@@ -141,11 +144,19 @@ loop_free(struct loop **p)
     struct loop *l = p ? *p : NULL;
     if (l == NULL)
         return;
+    /* Monitors are stopped before their PAIR sockets close: an I/O thread reporting a
+     * disconnect to a closed PAIR would block forever, and zmq_ctx_term with it. */
+    for (int i = 0; i < 2; i++)
+        if (l->sock[i] && l->monitor[i])
+            zmq_socket_monitor(l->sock[i], NULL, 0);
     for (int i = 0; i < 2; i++) {
         if (l->monitor[i])
             zmq_close(l->monitor[i]);
         if (l->sock[i]) {
-            zmq_socket_monitor(l->sock[i], NULL, 0);
+            /* The last turn's replies and the Shutdown to workers get a moment to leave
+             * (zmq_ctx_term waits that long at most). */
+            if (l->stopping)
+                set_int(l->sock[i], ZMQ_LINGER, SHUTDOWN_LINGER_MS);
             zmq_close(l->sock[i]);
         }
     }
@@ -591,6 +602,9 @@ turn(struct loop *l, uint64_t *next)
         backlog_flush(l);
     for (size_t i = 0; i < l->out.nmsgs; i++)
         send_one(l, &l->out.msgs[i]);
+    for (size_t i = 0; i < l->out.nnotes; i++)
+        log_event((enum log_level)l->out.notes[i].level, l->out.notes[i].event, "%s",
+                  l->out.notes[i].kv);
     outbox_reset(&l->out);
     engine_end_turn(l->eng);
     l->stats.turns++;

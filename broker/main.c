@@ -9,6 +9,7 @@
 #include "store.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -34,6 +35,53 @@ signals_to_fd(void)
         return -1;
     signal(SIGPIPE, SIG_IGN);
     return signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
+}
+
+/* Once the loop has stopped after a SIGTERM or SIGINT, the rest of the shutdown (closing
+ * the store, telling workers, freeing) must take at most this long. */
+#define TEARDOWN_BOUND_S 3
+
+/* A second SIGTERM or SIGINT during the shutdown: exit at once. The store is consistent
+ * at every commit (WAL), so nothing acknowledged is lost. Async-signal-safe. */
+static void
+exit_now(int sig)
+{
+    static const char msg[] = "corrald: second signal: exiting at once\n";
+    ssize_t ignored = write(STDERR_FILENO, msg, sizeof msg - 1);
+    (void)ignored;
+    _exit(128 + sig);
+}
+
+/* The teardown took longer than TEARDOWN_BOUND_S (a library stuck in its cleanup): the
+ * loop's last commit is done, so stop now. Async-signal-safe. */
+static void
+teardown_overdue(int sig)
+{
+    (void)sig;
+    static const char msg[] = "corrald: shutdown took too long: exiting without cleanup\n";
+    ssize_t ignored = write(STDERR_FILENO, msg, sizeof msg - 1);
+    (void)ignored;
+    _exit(0);
+}
+
+/* From here on a second signal ends the process, and the teardown is bounded. */
+static void
+arm_shutdown_guards(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sigemptyset(&sa.sa_mask);
+    sa.sa_handler = exit_now;
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    sa.sa_handler = teardown_overdue;
+    sigaction(SIGALRM, &sa, NULL);
+    alarm(TEARDOWN_BOUND_S);
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    pthread_sigmask(SIG_UNBLOCK, &set, NULL);
 }
 
 /* Counts what was recovered for the start-up log line. */
@@ -95,6 +143,7 @@ main(int argc, char **argv)
     log_setup(cfg.log_level, cfg.log_format);
 
     int status = 1;
+    uint64_t stop_ms = 0;
     struct store *store = NULL;
     struct engine *eng = NULL;
     struct loop *loop = NULL;
@@ -110,6 +159,9 @@ main(int argc, char **argv)
     }
     log_event(LOG_INFO, "start", "version=%s data_dir=%s sync=%s", CORRAL_VERSION, cfg.data_dir,
               cfg.sync == STORE_SYNC_FULL ? "full" : "normal");
+    char settings[4096];
+    config_format(&cfg, settings, sizeof settings);
+    log_event(LOG_INFO, "config", "%s", settings);
     if (store_open(&store, cfg.data_dir, cfg.sync, err, sizeof(err)) != 0) {
         log_event(LOG_ERROR, "start_failed", "error=\"%s\"", err);
         goto out;
@@ -157,6 +209,8 @@ main(int argc, char **argv)
     log_event(LOG_INFO, "ready", "client_endpoint=%s worker_endpoint=%s", cfg.client_endpoint,
               cfg.worker_endpoint);
     if (loop_run(loop) == 0) {
+        stop_ms = clock_mono_ms();
+        arm_shutdown_guards();
         const struct loop_stats *ls = loop_stats(loop);
         log_event(LOG_INFO, "shutdown", "turns=%llu commits=%llu rows=%llu malformed=%llu",
                   (unsigned long long)ls->turns, (unsigned long long)ls->commits,
@@ -164,10 +218,15 @@ main(int argc, char **argv)
         status = 0;
     }
 out:
+    /* The store first: once it is closed cleanly nothing can be lost, whatever the
+     * sockets' teardown does. */
+    store_close(&store);
     loop_free(&loop);
     engine_free(&eng);
-    store_close(&store);
     if (sigfd >= 0)
         close(sigfd);
+    if (status == 0)
+        log_event(LOG_INFO, "stopped", "teardown_ms=%llu",
+                  (unsigned long long)(clock_mono_ms() - stop_ms));
     return status;
 }

@@ -52,6 +52,7 @@ outbox_reset(struct outbox *ob)
     ob->nlimiters = 0;
     ob->npurge_roots = 0;
     ob->ndeleted = 0;
+    ob->nnotes = 0;
     arena_reset(&ob->arena);
 }
 
@@ -65,6 +66,7 @@ outbox_fini(struct outbox *ob)
     free(ob->limiters);
     free(ob->purge_roots);
     free(ob->deleted);
+    free(ob->notes);
     arena_fini(&ob->arena);
     outbox_init(ob);
 }
@@ -144,5 +146,22 @@ outbox_deleted_row(struct outbox *ob, const struct deleted_row *row)
         return false;
     ob->deleted = arr;
     ob->deleted[ob->ndeleted++] = *row;
+    return true;
+}
+
+/* Appends a log line; kv is copied into the arena. False when out of memory. */
+bool
+outbox_note(struct outbox *ob, int level, const char *event, const char *kv)
+{
+    size_t len = strlen(kv) + 1;
+    char *copy = arena_alloc(&ob->arena, len);
+    if (copy == NULL)
+        return false;
+    memcpy(copy, kv, len);
+    void *arr = ob->notes;
+    if (!grow(&arr, &ob->capnotes, ob->nnotes, sizeof(struct out_note)))
+        return false;
+    ob->notes = arr;
+    ob->notes[ob->nnotes++] = (struct out_note){level, event, copy};
     return true;
 }

@@ -397,6 +397,29 @@ broker_stop(struct broker *b)
     }
 }
 
+int
+broker_signal_wait(struct broker *b, int sig, int timeout_ms, uint64_t *took_ms)
+{
+    cr_assert(b->pid > 0, "broker_signal_wait: corrald is not running");
+    pid_t pid = b->pid;
+    uint64_t t0 = clock_mono_ms();
+    cr_assert(kill(pid, sig) == 0, "kill(%d): %s", sig, strerror(errno));
+    int status = 0;
+    pid_t r;
+    while ((r = waitpid(pid, &status, WNOHANG)) == 0 && clock_mono_ms() < t0 + (uint64_t)timeout_ms)
+        sleep_ms(5);
+    if (took_ms)
+        *took_ms = clock_mono_ms() - t0;
+    if (r == 0) {
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+        status = -1;
+    }
+    b->pid = 0;
+    reg_set(b);
+    return status;
+}
+
 void
 broker_kill9(struct broker *b)
 {

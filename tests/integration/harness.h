@@ -41,6 +41,10 @@ void broker_start_tcp(struct broker *b, const char *const *extra);
 void broker_restart(struct broker *b);
 /* Sends SIGTERM and asserts corrald exits with status 0 within 10 s. */
 void broker_stop(struct broker *b);
+/* Sends sig to corrald and waits up to timeout_ms for it to exit. Returns its wait status
+ * (waitpid), or -1 when it had not exited by then (it is killed then); *took_ms (may be
+ * NULL) gets how long it took. Either way the broker is stopped afterwards. */
+int broker_signal_wait(struct broker *b, int sig, int timeout_ms, uint64_t *took_ms);
 /* Sends SIGKILL and reaps it. */
 void broker_kill9(struct broker *b);
 /* Removes the temp dir (call last). */

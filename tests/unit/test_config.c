@@ -94,3 +94,70 @@ Test(config, sizes)
     cr_assert_neq(config_parse_size("1T", &n), 0);
     cr_assert_neq(config_parse_size("x", &n), 0);
 }
+
+/* A valid value other than the default, and an invalid one, for each kind of value. */
+static void
+examples(const struct config_option_info *o, const char **good, const char **bad)
+{
+    static const struct {
+        const char *metavar, *good, *bad;
+    } table[] = {
+        {"ENDPOINT", "ipc:///tmp/corral-test-endpoint", "nowhere"},
+        {"PATH", "/tmp/corral-test-data", ""},
+        {"DURATION", "1234ms", "soon"},
+        {"SIZE", "3M", "big"},
+        {"COUNT", "7", "-1"},
+        {"full|normal", "normal", "sometimes"},
+        {"LEVEL", "debug", "loud"},
+        {"logfmt|json", "json", "xml"},
+    };
+    for (size_t i = 0; i < sizeof table / sizeof table[0]; i++) {
+        if (strcmp(o->metavar, table[i].metavar) == 0) {
+            *good = table[i].good;
+            *bad = table[i].bad;
+            return;
+        }
+    }
+    cr_assert_fail("--%s: no example for values like %s: add one to this test", o->flag,
+                   o->metavar);
+}
+
+/* Every option of the table: its variable is CORRAL_ and the flag's name, a valid value
+ * in it changes the configuration, and an invalid one is refused with a message naming
+ * the variable (and the flag, when given as a flag). */
+Test(config, every_variable_takes_effect_and_bad_values_are_refused)
+{
+    struct config_option_info o;
+    size_t n = 0;
+    for (size_t i = 0; config_option(i, &o); i++, n++) {
+        char want[64] = "CORRAL_";
+        for (size_t k = 0; o.flag[k] && k + 8 < sizeof want; k++)
+            want[7 + k] = o.flag[k] == '-' ? '_' : (char)(o.flag[k] - 'a' + 'A');
+        cr_assert_str_eq(o.env, want, "--%s", o.flag);
+        const char *good, *bad;
+        examples(&o, &good, &bad);
+
+        struct config def, cfg;
+        char err[256] = "";
+        char *argv[] = {"corrald"};
+        cr_assert_eq(parse(&def, err, 1, argv), CONFIG_OK, "%s", err);
+        setenv(o.env, good, 1);
+        cr_assert_eq(parse(&cfg, err, 1, argv), CONFIG_OK, "%s=%s: %s", o.env, good, err);
+        cr_assert(memcmp(&def, &cfg, sizeof cfg) != 0, "%s=%s changed nothing", o.env, good);
+        char line[4096], flagged[64];
+        config_format(&cfg, line, sizeof line);
+        snprintf(flagged, sizeof flagged, "%s=", o.flag);
+        cr_assert(strstr(line, flagged), "the config line lacks %s: %s", o.flag, line);
+
+        setenv(o.env, bad, 1);
+        cr_assert_eq(parse(&cfg, err, 1, argv), CONFIG_ERROR, "%s='%s' accepted", o.env, bad);
+        cr_assert(strstr(err, o.env), "%s", err);
+        unsetenv(o.env);
+        char flag[64];
+        snprintf(flag, sizeof flag, "--%s", o.flag);
+        char *argv2[] = {"corrald", flag, (char *)bad};
+        cr_assert_eq(parse(&cfg, err, 3, argv2), CONFIG_ERROR, "%s '%s' accepted", flag, bad);
+        cr_assert(strstr(err, flag), "%s", err);
+    }
+    cr_assert_geq(n, 16, "the table has every option of corrald");
+}
