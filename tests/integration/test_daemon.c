@@ -273,8 +273,8 @@ Test(daemon, bad_values_exit_2_naming_the_flag_or_variable, .timeout = 120)
                   "%s='%s': the message must name it:\n%s", opts[i].env, bad, log);
         daemon_cleanup(&d);
 
-        char flag[64];
-        snprintf(flag, sizeof flag, "--%s", opts[i].flag);
+        char flag[sizeof opts[i].flag + 2] = "--";
+        memcpy(flag + 2, opts[i].flag, sizeof opts[i].flag);
         daemon_spawn(&d, NULL, NULL, (const char *const[]){flag, bad, NULL});
         st = daemon_wait_exit(&d, WAIT_MS);
         read_log(&d, log, sizeof log);
