@@ -22,30 +22,22 @@
  *      after the group's deadline (wall clock), and that none arrives early.
  * Exit status: 0 when every job succeeded and corrald exited 0 after SIGTERM, 1 otherwise,
  * 64 on a usage error. */
+#include "bench_util.h"
 #include "clock.h"
 #include "corral.h"
 
-#include <arpa/inet.h>
 #include <errno.h>
-#include <fcntl.h>
-#include <ftw.h>
 #include <limits.h>
-#include <netinet/in.h>
 #include <pthread.h>
-#include <signal.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/resource.h>
-#include <sys/socket.h>
-#include <sys/stat.h>
 #include <sys/time.h>
 #include <sys/types.h>
-#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -54,11 +46,7 @@
 #define CLIENT_TIMEOUT_MS 10000 /* bounds each blocking libcorral call */
 #define STALL_MS          30000 /* no result for this long: the run failed */
 #define WAIT_MS           100   /* one wait for results when the window is full */
-#define READY_TIMEOUT_MS  10000 /* corrald must log event=ready within this */
-#define STOP_TIMEOUT_MS   20000 /* corrald must exit within this after SIGTERM */
 #define SETTLE_MS         200   /* lets the workers register before the clock starts */
-#define WORKER_POLL_MS    50    /* how often a worker thread looks at its stop flag */
-#define ENDPOINT_MAX      (PATH_MAX + 32)
 
 /* --suite deadlines */
 #define PENDING_CLIENTS   8       /* clients opening the pending groups side by side */
@@ -67,30 +55,18 @@
 #define ACCURACY_MIN_MS   200     /* an accuracy deadline is this far from its open ... */
 #define ACCURACY_MAX_MS   2000    /* ... up to this, uniformly */
 
-extern char **environ;
-
-static volatile sig_atomic_t interrupted;
-/* Set by a worker thread that failed: the run is lost, stop waiting for it. */
-static atomic_bool worker_failed;
-/* Set by a thread opening groups with deadlines that failed: likewise. */
+/* Set by a thread opening groups with deadlines that failed: the run is lost. */
 static atomic_bool opener_failed;
-
-static void
-on_signal(int sig)
-{
-    (void)sig;
-    interrupted = 1;
-}
 
 /* Whether the run must end now (^C, or a worker failed); says why. */
 static bool
 must_stop(void)
 {
-    if (interrupted) {
+    if (bench_interrupted) {
         fprintf(stderr, "corral-bench: interrupted\n");
         return true;
     }
-    if (atomic_load(&worker_failed)) {
+    if (atomic_load(&bench_worker_failed)) {
         fprintf(stderr, "corral-bench: a worker failed\n");
         return true;
     }
@@ -149,41 +125,6 @@ usage(FILE *f)
           "  --json            print one JSON object instead of text\n"
           "  --help            print this text\n",
           f);
-}
-
-/* Parses a decimal count in [min, max]; false when s is not one. */
-static bool
-parse_count(const char *s, long min, long max, long *out)
-{
-    char *end = NULL;
-    long v;
-
-    errno = 0;
-    v = strtol(s, &end, 10);
-    if (errno != 0 || end == s || *end != '\0' || v < min || v > max)
-        return false;
-    *out = v;
-    return true;
-}
-
-/* The corrald built next to this program: <dir of /proc/self/exe>/../broker/corrald. */
-static int
-default_corrald(char *out, size_t outlen)
-{
-    char exe[PATH_MAX];
-    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
-    char *slash;
-
-    if (n <= 0)
-        return -1;
-    exe[n] = '\0';
-    slash = strrchr(exe, '/');
-    if (slash == NULL)
-        return -1;
-    *slash = '\0';
-    if ((size_t)snprintf(out, outlen, "%s/../broker/corrald", exe) >= outlen)
-        return -1;
-    return 0;
 }
 
 /* Returns 0, or EXIT_USAGE after printing why. */
@@ -288,184 +229,16 @@ parse_args(int argc, char **argv, struct opts *o)
     return 0;
 }
 
-/* ------------------------------------------------------------------ corrald */
-
-struct broker {
-    pid_t pid; /* 0: not running */
-    char dir[PATH_MAX];
-    char log_path[PATH_MAX + 16];
-    char client_ep[ENDPOINT_MAX];
-    char worker_ep[ENDPOINT_MAX];
-    bool keep;
-};
-
-/* What corrald logs on its shutdown line. */
-struct broker_stats {
-    unsigned long long turns;
-    unsigned long long commits;
-    unsigned long long rows;
-    unsigned long long malformed;
-    double cpu_s; /* corrald's user + system time over its whole life */
-};
-
+/* Starts corrald for a run in the given --sync mode. */
 static int
-rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
+start_corrald(struct broker *b, const struct opts *o, const char *sync)
 {
-    (void)sb;
-    (void)flag;
-    (void)ftw;
-    remove(path);
-    return 0;
+    struct broker_conf conf = {.corrald = o->corrald, .sync = sync, .tcp = o->tcp, .keep = o->keep};
+
+    return broker_start(b, &conf);
 }
 
-/* Two distinct free TCP ports on 127.0.0.1 (both held open while choosing). */
-static int
-free_ports(int ports[2])
-{
-    int fds[2] = {-1, -1}, rc = -1;
-
-    for (int i = 0; i < 2; i++) {
-        struct sockaddr_in sa;
-        socklen_t len = sizeof sa;
-
-        memset(&sa, 0, sizeof sa);
-        sa.sin_family = AF_INET;
-        sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-        fds[i] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        if (fds[i] < 0 || bind(fds[i], (struct sockaddr *)&sa, sizeof sa) != 0 ||
-            getsockname(fds[i], (struct sockaddr *)&sa, &len) != 0)
-            goto out;
-        ports[i] = ntohs(sa.sin_port);
-    }
-    rc = 0;
-out:
-    for (int i = 0; i < 2; i++)
-        if (fds[i] >= 0)
-            close(fds[i]);
-    return rc;
-}
-
-/* Reads the whole file at path into a NUL-terminated buffer, returned owned (or NULL). */
-static char *
-read_file(const char *path)
-{
-    FILE *f = fopen(path, "r");
-    char *buf = NULL;
-    size_t len = 0, cap = 0;
-
-    if (f == NULL)
-        return NULL;
-    for (;;) {
-        if (cap - len < 4096) {
-            char *nb = realloc(buf, cap + 65536);
-            if (nb == NULL) {
-                free(buf);
-                fclose(f);
-                return NULL;
-            }
-            buf = nb;
-            cap += 65536;
-        }
-        size_t n = fread(buf + len, 1, cap - len - 1, f);
-        len += n;
-        if (n == 0)
-            break;
-    }
-    fclose(f);
-    buf[len] = '\0';
-    return buf;
-}
-
-/* Prints the last lines of corrald's log to stderr, after a failure. */
-static void
-broker_dump_log(const struct broker *b)
-{
-    char *log = read_file(b->log_path);
-    const char *p;
-    int lines = 0;
-
-    if (log == NULL)
-        return;
-    p = log + strlen(log);
-    while (p > log && lines <= 10) {
-        p--;
-        if (*p == '\n')
-            lines++;
-    }
-    fprintf(stderr, "corral-bench: corrald's log ends with:\n%s", p == log ? p : p + 1);
-    free(log);
-}
-
-/* Kills corrald if it still runs and reaps it. */
-static void
-broker_kill(struct broker *b)
-{
-    if (b->pid > 0) {
-        kill(b->pid, SIGKILL);
-        waitpid(b->pid, NULL, 0);
-        b->pid = 0;
-    }
-}
-
-/* Kills corrald if needed and removes its directory (unless --keep). */
-static void
-broker_cleanup(struct broker *b)
-{
-    broker_kill(b);
-    if (b->dir[0] != '\0') {
-        if (b->keep)
-            fprintf(stderr, "corral-bench: kept %s\n", b->dir);
-        else
-            nftw(b->dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
-        b->dir[0] = '\0';
-    }
-}
-
-/* A copy of the environment without CORRAL_* variables, so only our flags configure
- * corrald. Returned owned (the strings are borrowed from environ). */
-static char **
-clean_environ(void)
-{
-    size_t n = 0, k = 0;
-    char **env;
-
-    while (environ[n] != NULL)
-        n++;
-    env = calloc(n + 1, sizeof *env);
-    if (env == NULL)
-        return NULL;
-    for (size_t i = 0; i < n; i++)
-        if (strncmp(environ[i], "CORRAL_", 7) != 0)
-            env[k++] = environ[i];
-    env[k] = NULL;
-    return env;
-}
-
-/* Whether corrald has logged that it is ready. */
-static bool
-broker_logged(const struct broker *b, const char *what)
-{
-    char *log = read_file(b->log_path);
-    bool found = log != NULL && strstr(log, what) != NULL;
-
-    free(log);
-    return found;
-}
-
-static void
-sleep_ms(long ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR && !interrupted)
-        ;
-}
-
-static double
-tv_s(const struct timeval *tv)
-{
-    return (double)tv->tv_sec + (double)tv->tv_usec / 1e6;
-}
+/* ------------------------------------------------------------------ CPU time */
 
 /* CPU time of this process (every thread) so far, in seconds. */
 static double
@@ -475,7 +248,7 @@ self_cpu_s(void)
 
     if (getrusage(RUSAGE_SELF, &ru) != 0)
         return 0;
-    return tv_s(&ru.ru_utime) + tv_s(&ru.ru_stime);
+    return timeval_s(&ru.ru_utime) + timeval_s(&ru.ru_stime);
 }
 
 /* Wall-clock time in microseconds since the Unix epoch: the clock deadlines are set in. */
@@ -513,25 +286,6 @@ proc_cpu_s(pid_t pid)
         sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &utime, &stime) != 2)
         return -1;
     return (double)(utime + stime) / hz;
-}
-
-/* Resident memory of process pid (VmRSS of /proc/<pid>/status) in KiB; -1 when unknown. */
-static long
-proc_rss_kib(pid_t pid)
-{
-    char path[64], line[256];
-    long kib = -1;
-    FILE *f;
-
-    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
-    f = fopen(path, "r");
-    if (f == NULL)
-        return -1;
-    while (fgets(line, sizeof line, f) != NULL)
-        if (sscanf(line, "VmRSS: %ld kB", &kib) == 1)
-            break;
-    fclose(f);
-    return kib;
 }
 
 /* The machine's CPU time so far, from /proc/stat, in seconds (all CPUs). */
@@ -614,308 +368,6 @@ usage_shares(struct usage *u, double corrald_cpu_s)
     u->steal = u->steal_s / u->total_s;
 }
 
-/* Starts corrald in a fresh temporary directory and waits until it is ready. */
-static int
-broker_start(struct broker *b, const struct opts *o, const char *sync)
-{
-    const char *tmp = getenv("TMPDIR");
-    char data_dir[PATH_MAX + 16];
-    char corrald[PATH_MAX];
-    char **env = NULL;
-    int logfd = -1, rc = -1;
-
-    memset(b, 0, sizeof *b);
-    b->keep = o->keep;
-    if (tmp == NULL || tmp[0] == '\0')
-        tmp = "/tmp";
-    if ((size_t)snprintf(b->dir, sizeof b->dir, "%s/corral-bench-XXXXXX", tmp) >= sizeof b->dir ||
-        mkdtemp(b->dir) == NULL) {
-        fprintf(stderr, "corral-bench: cannot create a temporary directory in %s: %s\n", tmp,
-                strerror(errno));
-        b->dir[0] = '\0';
-        return -1;
-    }
-    snprintf(data_dir, sizeof data_dir, "%s/data", b->dir);
-    snprintf(b->log_path, sizeof b->log_path, "%s/corrald.log", b->dir);
-    if (o->tcp) {
-        int ports[2];
-        if (free_ports(ports) != 0) {
-            fprintf(stderr, "corral-bench: cannot find free ports: %s\n", strerror(errno));
-            goto out;
-        }
-        snprintf(b->client_ep, sizeof b->client_ep, "tcp://127.0.0.1:%d", ports[0]);
-        snprintf(b->worker_ep, sizeof b->worker_ep, "tcp://127.0.0.1:%d", ports[1]);
-    } else {
-        if (strlen(b->dir) + sizeof "/client.sock" > 100) {
-            fprintf(stderr,
-                    "corral-bench: %s is too long for an ipc:// endpoint; set TMPDIR "
-                    "or use --tcp\n",
-                    b->dir);
-            goto out;
-        }
-        snprintf(b->client_ep, sizeof b->client_ep, "ipc://%s/client.sock", b->dir);
-        snprintf(b->worker_ep, sizeof b->worker_ep, "ipc://%s/worker.sock", b->dir);
-    }
-    logfd = open(b->log_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    env = clean_environ();
-    if (logfd < 0 || env == NULL) {
-        fprintf(stderr, "corral-bench: cannot set up %s: %s\n", b->log_path, strerror(errno));
-        goto out;
-    }
-    snprintf(corrald, sizeof corrald, "%s", o->corrald);
-    /* clang-format off */
-    char *argv[] = {corrald,
-                    "--client-endpoint", b->client_ep,
-                    "--worker-endpoint", b->worker_ep,
-                    "--data-dir", data_dir,
-                    "--sync", (char *)sync,
-                    "--log-level", "info",
-                    "--log-format", "logfmt",
-                    NULL};
-    /* clang-format on */
-    pid_t parent = getpid();
-    pid_t pid = fork();
-    if (pid < 0) {
-        fprintf(stderr, "corral-bench: fork: %s\n", strerror(errno));
-        goto out;
-    }
-    if (pid == 0) {
-        /* Own process group: a ^C on the terminal reaches the bench, which stops corrald
-         * itself; and corrald dies with the bench whatever happens to it. */
-        setpgid(0, 0);
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        if (getppid() != parent)
-            _exit(127);
-        int devnull = open("/dev/null", O_RDONLY);
-        if (devnull >= 0)
-            dup2(devnull, 0);
-        dup2(logfd, 1);
-        dup2(logfd, 2);
-        execve(corrald, argv, env);
-        _exit(127);
-    }
-    b->pid = pid;
-    uint64_t deadline = clock_mono_ms() + READY_TIMEOUT_MS;
-    for (;;) {
-        int status;
-
-        if (broker_logged(b, "event=ready")) {
-            rc = 0;
-            break;
-        }
-        if (waitpid(pid, &status, WNOHANG) == pid) {
-            b->pid = 0;
-            fprintf(stderr, "corral-bench: corrald exited during start-up (status %d)\n",
-                    WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status));
-            broker_dump_log(b);
-            break;
-        }
-        if (clock_mono_ms() > deadline || interrupted) {
-            fprintf(stderr, "corral-bench: corrald not ready within %d ms\n", READY_TIMEOUT_MS);
-            broker_dump_log(b);
-            break;
-        }
-        sleep_ms(2);
-    }
-out:
-    if (logfd >= 0)
-        close(logfd);
-    free(env);
-    if (rc != 0)
-        broker_cleanup(b);
-    return rc;
-}
-
-/* Reads the value of key (e.g. "commits=") in line; false when absent. */
-static bool
-logfmt_ull(const char *line, const char *key, unsigned long long *out)
-{
-    size_t klen = strlen(key);
-
-    for (const char *p = line; (p = strstr(p, key)) != NULL; p += klen) {
-        if (p != line && p[-1] != ' ')
-            continue;
-        char *end = NULL;
-        errno = 0;
-        unsigned long long v = strtoull(p + klen, &end, 10);
-        if (errno != 0 || end == p + klen || (*end != ' ' && *end != '\n' && *end != '\0'))
-            return false;
-        *out = v;
-        return true;
-    }
-    return false;
-}
-
-/* Stops corrald with SIGTERM, requires exit status 0 and reads its shutdown line. */
-static int
-broker_stop(struct broker *b, struct broker_stats *st)
-{
-    int status = 0;
-    uint64_t deadline = clock_mono_ms() + STOP_TIMEOUT_MS;
-    char *log = NULL;
-    int rc = -1;
-
-    if (kill(b->pid, SIGTERM) != 0) {
-        fprintf(stderr, "corral-bench: kill(corrald): %s\n", strerror(errno));
-        return -1;
-    }
-    for (;;) {
-        struct rusage ru;
-        pid_t r = wait4(b->pid, &status, WNOHANG, &ru);
-        if (r == b->pid) {
-            st->cpu_s = tv_s(&ru.ru_utime) + tv_s(&ru.ru_stime);
-            break;
-        }
-        if (r < 0 && errno != EINTR) {
-            fprintf(stderr, "corral-bench: waitpid(corrald): %s\n", strerror(errno));
-            return -1;
-        }
-        if (clock_mono_ms() > deadline) {
-            fprintf(stderr, "corral-bench: corrald did not exit within %d ms of SIGTERM\n",
-                    STOP_TIMEOUT_MS);
-            broker_dump_log(b);
-            return -1;
-        }
-        sleep_ms(2);
-    }
-    b->pid = 0;
-    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-        if (WIFEXITED(status))
-            fprintf(stderr, "corral-bench: corrald exited with status %d\n", WEXITSTATUS(status));
-        else
-            fprintf(stderr, "corral-bench: corrald killed by signal %d\n", WTERMSIG(status));
-        broker_dump_log(b);
-        return -1;
-    }
-    log = read_file(b->log_path);
-    const char *line = NULL;
-    for (const char *p = log; p != NULL && (p = strstr(p, "event=shutdown")) != NULL; p++)
-        line = p;
-    if (line == NULL) {
-        fprintf(stderr, "corral-bench: corrald logged no event=shutdown line\n");
-        goto out;
-    }
-    while (line > log && line[-1] != '\n')
-        line--;
-    const char *eol = strchr(line, '\n');
-    char buf[1024];
-    size_t len = eol != NULL ? (size_t)(eol - line) : strlen(line);
-    if (len >= sizeof buf)
-        len = sizeof buf - 1;
-    memcpy(buf, line, len);
-    buf[len] = '\0';
-    if (!logfmt_ull(buf, "turns=", &st->turns) || !logfmt_ull(buf, "commits=", &st->commits) ||
-        !logfmt_ull(buf, "rows=", &st->rows) || !logfmt_ull(buf, "malformed=", &st->malformed)) {
-        fprintf(stderr, "corral-bench: cannot read corrald's shutdown line: %s\n", buf);
-        goto out;
-    }
-    rc = 0;
-out:
-    free(log);
-    return rc;
-}
-
-/* ------------------------------------------------------------------ workers */
-
-struct worker_thread {
-    struct corral_worker *w;
-    pthread_t thread;
-    bool thread_started;
-    atomic_bool *stop;
-    unsigned long done;
-    int err; /* first failure, CORRAL_OK if none */
-};
-
-struct pool {
-    struct worker_thread *t;
-    int n;
-    atomic_bool stop;
-};
-
-/* Takes jobs and reports each done with an empty result, as fast as it can. */
-static void *
-worker_main(void *arg)
-{
-    struct worker_thread *t = arg;
-
-    while (!atomic_load_explicit(t->stop, memory_order_relaxed)) {
-        struct corral_job *job = NULL;
-        int rc = corral_worker_next(t->w, WORKER_POLL_MS, &job);
-
-        if (rc == CORRAL_ETIMEDOUT)
-            continue;
-        if (rc == CORRAL_OK) {
-            rc = corral_job_done(job, NULL, 0);
-            corral_job_free(&job);
-        }
-        if (rc != CORRAL_OK) {
-            t->err = rc;
-            atomic_store(&worker_failed, true);
-            break;
-        }
-        t->done++;
-    }
-    return NULL;
-}
-
-/* Stops and frees the workers; returns -1 when one of them failed. Adds the number of
- * jobs they reported done to *done (may be NULL). */
-static int
-pool_stop(struct pool *p, unsigned long *done)
-{
-    int rc = 0;
-
-    if (p->t == NULL)
-        return 0;
-    atomic_store(&p->stop, true);
-    for (int i = 0; i < p->n; i++) {
-        struct worker_thread *t = &p->t[i];
-
-        if (t->thread_started)
-            pthread_join(t->thread, NULL);
-        if (t->err != CORRAL_OK) {
-            fprintf(stderr, "corral-bench: worker %d: %s\n", i, corral_strerror(t->err));
-            rc = -1;
-        }
-        if (done != NULL)
-            *done += t->done;
-        corral_worker_free(&t->w);
-    }
-    free(p->t);
-    p->t = NULL;
-    return rc;
-}
-
-static int
-pool_start(struct pool *p, const struct opts *o, const char *endpoint)
-{
-    const char *const kinds[] = {KIND};
-
-    p->n = o->workers;
-    atomic_init(&p->stop, false);
-    p->t = calloc((size_t)p->n, sizeof *p->t);
-    if (p->t == NULL)
-        return -1;
-    for (int i = 0; i < p->n; i++) {
-        struct worker_thread *t = &p->t[i];
-        int rc = corral_worker_new(&t->w, endpoint, kinds, 1, o->concurrency);
-
-        t->stop = &p->stop;
-        if (rc != CORRAL_OK) {
-            fprintf(stderr, "corral-bench: corral_worker_new: %s\n", corral_strerror(rc));
-            pool_stop(p, NULL);
-            return -1;
-        }
-        if (pthread_create(&t->thread, NULL, worker_main, t) != 0) {
-            fprintf(stderr, "corral-bench: pthread_create failed\n");
-            pool_stop(p, NULL);
-            return -1;
-        }
-        t->thread_started = true;
-    }
-    return 0;
-}
-
 /* ------------------------------------------------------------------ groups with deadlines */
 
 /* Clients, one thread each, opening groups with deadlines side by side: each takes the next
@@ -973,7 +425,7 @@ opener_main(void *arg)
     int rc = corral_client_new(&c, op->endpoint, CLIENT_TIMEOUT_MS);
     long i = -1;
 
-    while (rc == CORRAL_OK && !interrupted && !atomic_load(&opener_failed) &&
+    while (rc == CORRAL_OK && !bench_interrupted && !atomic_load(&opener_failed) &&
            (i = atomic_fetch_add(&op->next, 1)) < op->total) {
         struct corral_scope scope;
         char id[CORRAL_ID_MAX];
@@ -1198,13 +650,13 @@ session_open(struct session *s, const struct opts *o, const char *sync, long pen
     int rc;
 
     memset(s, 0, sizeof *s);
-    if (broker_start(&s->b, o, sync) != 0)
+    if (start_corrald(&s->b, o, sync) != 0)
         return -1;
     s->rss_ready_kib = proc_rss_kib(s->b.pid);
     if (pending > 0 && open_pending(s, pending) != 0)
         return -1;
     s->rss_loaded_kib = proc_rss_kib(s->b.pid);
-    if (pool_start(&s->pool, o, s->b.worker_ep) != 0)
+    if (pool_start(&s->pool, s->b.worker_ep, o->workers, o->concurrency, KIND, NULL, 0) != 0)
         return -1;
     rc = corral_client_new(&s->c, s->b.client_ep, CLIENT_TIMEOUT_MS);
     if (rc != CORRAL_OK) {
@@ -1223,7 +675,7 @@ session_open(struct session *s, const struct opts *o, const char *sync, long pen
     /* The workers connect on their own; give them time to register so the clock does
      * not measure start-up. */
     sleep_ms(SETTLE_MS);
-    return interrupted ? -1 : 0;
+    return bench_interrupted ? -1 : 0;
 }
 
 /* Ends a session: on success (ok) checks that the workers ran exactly jobs jobs, stops
@@ -1600,7 +1052,7 @@ run_accuracy(const struct opts *o, const char *sync, struct accuracy *r)
         fprintf(stderr, "corral-bench: out of memory\n");
         goto out;
     }
-    if (broker_start(&b, o, sync) != 0)
+    if (start_corrald(&b, o, sync) != 0)
         goto out;
     rc = corral_client_new(&c, b.client_ep, CLIENT_TIMEOUT_MS);
     if (rc == CORRAL_OK)
@@ -1856,20 +1308,14 @@ main(int argc, char **argv)
     struct sync_result rs[2];
     int nr = 0, rc;
     bool ok = true;
-    struct sigaction sa;
 
     rc = parse_args(argc, argv, &o);
     if (rc != 0)
         return rc;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_signal;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
-    signal(SIGPIPE, SIG_IGN);
+    bench_catch_signals();
 
     memset(rs, 0, sizeof rs);
-    for (int m = SYNC_FULL; m <= SYNC_NORMAL && ok && !interrupted; m <<= 1) {
+    for (int m = SYNC_FULL; m <= SYNC_NORMAL && ok && !bench_interrupted; m <<= 1) {
         if (!(o.sync_mask & m))
             continue;
         struct sync_result *sr = &rs[nr++];
@@ -1905,7 +1351,7 @@ main(int argc, char **argv)
                 print_accuracy(&sr->acc);
         }
     }
-    if (interrupted)
+    if (bench_interrupted)
         ok = false;
     if (o.json)
         print_json(&o, rs, nr, ok);
