@@ -1,5 +1,5 @@
 /* duration.h - the one duration grammar of corral: a number with an optional unit ms, s,
- * m or h; a bare number is seconds ("250ms", "1.5s", "2m", "30"). */
+ * m, h or d; a bare number is seconds ("250ms", "1.5s", "2m", "7d", "30"). */
 #ifndef CORRAL_DURATION_H
 #define CORRAL_DURATION_H
 
